@@ -1,0 +1,1 @@
+"""Pure attention functions (no Flax): scores, masks, exact, blockwise and hard attention."""
