@@ -1,18 +1,45 @@
-"""Test-wide set-up: JAX's persistent compilation cache, so reruns skip XLA compiles.
+"""Test-wide set-up and shared fixtures.
 
-The cache lives outside the clone (it survives a fresh CI checkout on the same
-machine) and is keyed by jax/jaxlib version and program, so it can never serve
-a stale executable. Override the place with JAX_COMPILATION_CACHE_DIR.
+JAX's persistent compilation cache lives outside the clone (it survives a
+fresh CI checkout on the same machine) and is keyed by the jax/jaxlib version
+and the program, so it never serves a stale executable. Override its place
+with JAX_COMPILATION_CACHE_DIR.
 """
 import os
 
 import jax
+import numpy as np
+import pytest
 
 _CACHE_DIR = os.environ.get(
     "JAX_COMPILATION_CACHE_DIR",
     os.path.join(os.path.expanduser("~"), ".cache", "attention_jax", "jax"),
 )
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
-# Small test programs compile in well under a second; cache them all.
+# Test programs compile in well under a second each; cache them all.
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _numeric_grad(f, *args, eps=1e-6):
+  """Central-difference gradients of a scalar NumPy function, in float64."""
+  args = [np.array(a, dtype=np.float64) for a in args]
+  grads = []
+  for a in args:
+    g = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+      old = a[idx]
+      a[idx] = old + eps
+      hi = f(*args)
+      a[idx] = old - eps
+      lo = f(*args)
+      a[idx] = old
+      g[idx] = (hi - lo) / (2 * eps)
+    grads.append(g)
+  return grads
+
+
+@pytest.fixture
+def numeric_grad():
+  """`numeric_grad(f, *arrays)`: finite-difference gradients, the reference for jax.grad."""
+  return _numeric_grad

@@ -1,0 +1,274 @@
+"""Memory-efficient attention: online softmax over key/value blocks.
+
+Rabe & Staats 2021 ("Self-attention does not need O(n^2) memory") and
+Dao et al. 2022/2023 (FlashAttention 1/2). The forward pass walks over query
+blocks; for each it folds key/value blocks into a running max `m`, a running
+sum `l` and an unnormalised output `o`, so only one `[block_q, block_k]` score
+tile per head exists at a time. It saves the output and the row log-sum-exp;
+the hand-written backward pass (a `custom_vjp`) recomputes each tile from them.
+Memory is linear in sequence length, forward and backward.
+
+Causal attention skips the tiles above the diagonal: the loop bounds depend on
+the block index, so those tiles are never computed. Lengths that are not a
+multiple of the block size are padded; padded keys are masked out, padded
+queries are dropped.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+DEFAULT_BLOCK = 512
+# A finite "minus infinity": rows that are fully masked so far keep finite
+# running maxima, so m_old - m_new is never inf - inf.
+_NEG = float(jnp.finfo(jnp.float32).min)
+
+
+class _Static(NamedTuple):
+  scale: float
+  is_causal: bool
+  kv_len: int  # true key length: keys at and after it are padding
+  block_q: int
+  block_k: int
+
+
+def _pad_axis(x: Array, axis: int, size: int, value) -> Array:
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, pad, constant_values=value)
+
+
+def _prepare_4d(x: Array | None, name: str, dims: tuple[int, int, int, int],
+                padded: tuple[int, int], fill, kv_heads: int) -> Array | None:
+  """Mask/bias to `[b|1, kv_heads|1, group|1, t_pad|1, s_pad|1]`, padded with `fill`."""
+  if x is None:
+    return None
+  b, n, t, s = dims
+  x = jnp.asarray(x)
+  x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+  for axis, full in enumerate(dims):
+    if x.shape[axis] not in (1, full):
+      raise ValueError(
+          f"{name} of shape {x.shape} does not broadcast to [batch, heads, q_len, "
+          f"kv_len] = {list(dims)}")
+  for axis, size in ((2, padded[0]), (3, padded[1])):
+    if x.shape[axis] > 1:
+      x = _pad_axis(x, axis, size, fill)
+  if x.shape[1] == n:
+    return x.reshape(x.shape[0], kv_heads, n // kv_heads, *x.shape[2:])
+  return x[:, :, None]
+
+
+def _tile(x: Array | None, q_start, k_start, st: _Static) -> Array | None:
+  """The `[.., block_q|1, block_k|1]` tile of a grouped mask or bias."""
+  if x is None:
+    return None
+  if x.shape[3] > 1:
+    x = lax.dynamic_slice_in_dim(x, q_start, st.block_q, axis=3)
+  if x.shape[4] > 1:
+    x = lax.dynamic_slice_in_dim(x, k_start, st.block_k, axis=4)
+  return x
+
+
+def _tile_scores(q_blk, k_blk, mask, bias, q_start, k_start, st: _Static):
+  """Scores `[batch, kv_heads, group, block_q, block_k]` (float32) and where they count."""
+  s = jnp.einsum("bqkgh,bskh->bkgqs", q_blk, k_blk,
+                 preferred_element_type=jnp.float32) * st.scale
+  bias_tile = _tile(bias, q_start, k_start, st)
+  if bias_tile is not None:
+    s = s + bias_tile.astype(jnp.float32)
+  k_pos = k_start + jnp.arange(st.block_k)
+  valid = (k_pos < st.kv_len)[None, :]  # [1, block_k]
+  if st.is_causal:
+    q_pos = q_start + jnp.arange(st.block_q)
+    valid = valid & (k_pos[None, :] <= q_pos[:, None])  # [block_q, block_k]
+  mask_tile = _tile(mask, q_start, k_start, st)
+  if mask_tile is not None:
+    valid = valid & mask_tile
+  return s, valid
+
+
+def _kv_blocks_for(i, st: _Static, num_k: int):
+  """Key blocks [lo, hi) that query block i can see."""
+  if not st.is_causal:
+    return 0, num_k
+  last_query = (i + 1) * st.block_q - 1
+  return 0, jnp.minimum(num_k, last_query // st.block_k + 1)
+
+
+def _q_blocks_for(j, st: _Static, num_q: int):
+  """Query blocks [lo, hi) that can see key block j."""
+  if not st.is_causal:
+    return 0, num_q
+  return jnp.minimum(num_q, (j * st.block_k) // st.block_q), num_q
+
+
+def _forward(q, k, v, mask, bias, st: _Static):
+  """Output `[batch, t_pad, kv_heads, group, head_dim]` and lse `[batch, kv_heads, group, t_pad]`."""
+  b, t_pad, kh, g, h = q.shape
+  num_q, num_k = t_pad // st.block_q, k.shape[1] // st.block_k
+
+  def q_block(i, buffers):
+    out, lse = buffers
+    q_start = i * st.block_q
+    q_blk = lax.dynamic_slice_in_dim(q, q_start, st.block_q, axis=1)
+
+    def kv_block(j, carry):
+      o, m, l = carry
+      k_start = j * st.block_k
+      k_blk = lax.dynamic_slice_in_dim(k, k_start, st.block_k, axis=1)
+      v_blk = lax.dynamic_slice_in_dim(v, k_start, st.block_k, axis=1)
+      s, valid = _tile_scores(q_blk, k_blk, mask, bias, q_start, k_start, st)
+      s = jnp.where(valid, s, _NEG)
+      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+      p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
+      rescale = jnp.exp(m - m_new)
+      l = l * rescale + jnp.sum(p, axis=-1)
+      pv = jnp.einsum("bkgqs,bskh->bkgqh", p.astype(v.dtype), v_blk,
+                      preferred_element_type=jnp.float32)
+      return o * rescale[..., None] + pv, m_new, l
+
+    o = jnp.zeros((b, kh, g, st.block_q, h), jnp.float32)
+    m = jnp.full((b, kh, g, st.block_q), _NEG, jnp.float32)
+    l = jnp.zeros((b, kh, g, st.block_q), jnp.float32)
+    lo, hi = _kv_blocks_for(i, st, num_k)
+    o, m, l = lax.fori_loop(lo, hi, kv_block, (o, m, l))
+    seen = l > 0  # False on rows that may attend nothing: their output is 0
+    o = o / jnp.where(seen, l, 1.0)[..., None]
+    o = jnp.transpose(o, (0, 3, 1, 2, 4)).astype(out.dtype)  # [batch, block_q, kv_heads, group, head_dim]
+    out = lax.dynamic_update_slice_in_dim(out, o, q_start, axis=1)
+    row_lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
+    lse = lax.dynamic_update_slice_in_dim(lse, row_lse, q_start, axis=3)
+    return out, lse
+
+  out = jnp.zeros(q.shape, q.dtype)
+  lse = jnp.zeros((b, kh, g, t_pad), jnp.float32)
+  return lax.fori_loop(0, num_q, q_block, (out, lse))
+
+
+def _sum_to(x: Array, shape: tuple[int, ...]) -> Array:
+  """Sum `x` over the axes where `shape` has size 1 (the broadcast axes)."""
+  axes = tuple(a for a, n in enumerate(shape) if n == 1 and x.shape[a] != 1)
+  return jnp.sum(x, axis=axes, keepdims=True)
+
+
+def _backward(q, k, v, mask, bias, out, lse, d_out, st: _Static):
+  """Gradients of q, k, v and bias, tile by tile, from the saved output and lse."""
+  b, t_pad, kh, g, h = q.shape
+  num_q, num_k = t_pad // st.block_q, k.shape[1] // st.block_k
+  # D_i = sum_h dO_ih O_ih = sum_j P_ij dP_ij: the softmax Jacobian's diagonal term.
+  delta = jnp.einsum("bqkgh,bqkgh->bkgq", d_out.astype(jnp.float32),
+                     out.astype(jnp.float32))
+
+  def kv_block(j, grads):
+    dq, dk, dv, dbias = grads
+    k_start = j * st.block_k
+    k_blk = lax.dynamic_slice_in_dim(k, k_start, st.block_k, axis=1)
+    v_blk = lax.dynamic_slice_in_dim(v, k_start, st.block_k, axis=1)
+
+    def q_block(i, carry):
+      dq, dk_blk, dv_blk, dbias = carry
+      q_start = i * st.block_q
+      q_blk = lax.dynamic_slice_in_dim(q, q_start, st.block_q, axis=1)
+      do_blk = lax.dynamic_slice_in_dim(d_out, q_start, st.block_q, axis=1)
+      lse_blk = lax.dynamic_slice_in_dim(lse, q_start, st.block_q, axis=3)
+      delta_blk = lax.dynamic_slice_in_dim(delta, q_start, st.block_q, axis=3)
+      s, valid = _tile_scores(q_blk, k_blk, mask, bias, q_start, k_start, st)
+      p = jnp.where(valid, jnp.exp(s - lse_blk[..., None]), 0.0)  # [b, kh, g, bq, bk]
+      dv_blk += jnp.einsum("bkgqs,bqkgh->bskh", p.astype(do_blk.dtype), do_blk,
+                           preferred_element_type=jnp.float32)
+      dp = jnp.einsum("bqkgh,bskh->bkgqs", do_blk, v_blk,
+                      preferred_element_type=jnp.float32)
+      ds = p * (dp - delta_blk[..., None])  # d loss / d scores (after scale and bias)
+      if dbias is not None:
+        tile_shape = _tile(dbias, q_start, k_start, st).shape
+        tile = _tile(dbias, q_start, k_start, st) + _sum_to(ds, tile_shape)
+        dbias = lax.dynamic_update_slice(
+            dbias, tile, (0, 0, 0, q_start if dbias.shape[3] > 1 else 0,
+                          k_start if dbias.shape[4] > 1 else 0))
+      dq_blk = jnp.einsum("bkgqs,bskh->bqkgh", ds, k_blk,
+                          preferred_element_type=jnp.float32) * st.scale
+      dq = lax.dynamic_update_slice_in_dim(
+          dq, lax.dynamic_slice_in_dim(dq, q_start, st.block_q, axis=1) + dq_blk,
+          q_start, axis=1)
+      dk_blk += jnp.einsum("bkgqs,bqkgh->bskh", ds, q_blk,
+                           preferred_element_type=jnp.float32) * st.scale
+      return dq, dk_blk, dv_blk, dbias
+
+    zeros = jnp.zeros((b, st.block_k, kh, h), jnp.float32)
+    lo, hi = _q_blocks_for(j, st, num_q)
+    dq, dk_blk, dv_blk, dbias = lax.fori_loop(lo, hi, q_block, (dq, zeros, zeros, dbias))
+    dk = lax.dynamic_update_slice_in_dim(dk, dk_blk, k_start, axis=1)
+    dv = lax.dynamic_update_slice_in_dim(dv, dv_blk, k_start, axis=1)
+    return dq, dk, dv, dbias
+
+  grads = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
+           jnp.zeros(v.shape, jnp.float32),
+           None if bias is None else jnp.zeros(bias.shape, jnp.float32))
+  dq, dk, dv, dbias = lax.fori_loop(0, num_k, kv_block, grads)
+  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
+          None if bias is None else dbias.astype(bias.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention(q, k, v, mask, bias, st: _Static):
+  return _forward(q, k, v, mask, bias, st)[0]
+
+
+def _attention_fwd(q, k, v, mask, bias, st):
+  out, lse = _forward(q, k, v, mask, bias, st)
+  return out, (q, k, v, mask, bias, out, lse)
+
+
+def _attention_bwd(st, residuals, d_out):
+  q, k, v, mask, bias, out, lse = residuals
+  dq, dk, dv, dbias = _backward(q, k, v, mask, bias, out, lse, d_out, st)
+  return dq, dk, dv, None, dbias
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def blockwise_attention(query: Array, key: Array, value: Array,
+                        mask: Array | None = None, bias: Array | None = None,
+                        is_causal: bool = False, scale: float | None = None,
+                        block_q: int = DEFAULT_BLOCK,
+                        block_k: int = DEFAULT_BLOCK) -> Array:
+  """Exact attention in blocks; same contract as `core.dot_product_attention`.
+
+  Args:
+    query: `[batch, q_len, heads, head_dim]`.
+    key, value: `[batch, kv_len, kv_heads, head_dim]`, heads % kv_heads == 0.
+    mask: bool broadcastable to `[batch, heads, q_len, kv_len]`, True = attend.
+      A key-padding mask `[batch, 1, 1, kv_len]` costs O(kv_len) memory; a
+      dense mask is itself O(q_len * kv_len).
+    bias: float broadcastable to `[batch, heads, q_len, kv_len]` (differentiable).
+    is_causal: mask key j > query i (top-left aligned) and skip those tiles.
+    scale: defaults to 1/sqrt(head_dim).
+    block_q, block_k: tile sizes (clipped to the lengths).
+
+  Returns:
+    `[batch, q_len, heads, head_dim]` in `query.dtype`.
+  """
+  b, t, n, h = query.shape
+  s, kh = key.shape[1], key.shape[2]
+  if block_q < 1 or block_k < 1:
+    raise ValueError(f"block sizes must be positive, got block_q={block_q}, block_k={block_k}")
+  block_q, block_k = min(block_q, t), min(block_k, s)
+  t_pad, s_pad = -(-t // block_q) * block_q, -(-s // block_k) * block_k
+  st = _Static(h ** -0.5 if scale is None else float(scale), bool(is_causal), s,
+               block_q, block_k)
+  dims = (b, n, t, s)
+  mask = _prepare_4d(mask, "mask", dims, (t_pad, s_pad), False, kh)
+  bias = _prepare_4d(bias, "bias", dims, (t_pad, s_pad), 0.0, kh)
+  q = _pad_axis(query, 1, t_pad, 0).reshape(b, t_pad, kh, n // kh, h)  # [batch, t_pad, kv_heads, group, head_dim]
+  k = _pad_axis(key, 1, s_pad, 0)  # [batch, s_pad, kv_heads, head_dim]
+  v = _pad_axis(value, 1, s_pad, 0)
+  out = _attention(q, k, v, mask, bias, st)
+  return out.reshape(b, t_pad, n, h)[:, :t]
