@@ -134,6 +134,10 @@ def dot_product_attention(query: Array, key: Array, value: Array,
     return blockwise.blockwise_attention(
         query, key, value, mask=mask, bias=bias, is_causal=is_causal, scale=scale,
         block_q=block_q, block_k=block_k)
+  if implementation == "cudnn" and jax.default_backend() != "gpu":
+    raise ValueError(
+        f"implementation='cudnn' needs an NVIDIA GPU, but JAX's backend is "
+        f"{jax.default_backend()!r}; use 'blockwise' or 'xla' here")
   if implementation in ("xla", "cudnn"):
     return _jax_nn(query, key, value, mask, bias, is_causal, scale, implementation)
   raise ValueError(

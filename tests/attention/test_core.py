@@ -176,6 +176,13 @@ def test_cudnn_matches_reference(case):
                              atol=2e-2)
 
 
+@pytest.mark.skipif(ON_GPU, reason="checks the error raised where there is no GPU")
+def test_cudnn_without_a_gpu_says_so():
+  q, k, v = _inputs(np.random.default_rng(6))
+  with pytest.raises(ValueError, match="implementation='cudnn' needs an NVIDIA GPU"):
+    core.dot_product_attention(q, k, v, implementation="cudnn")
+
+
 def test_weights_match_reference_output():
   rng = np.random.default_rng(7)
   q, k, v = _inputs(rng, kh=4)
