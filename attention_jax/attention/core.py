@@ -74,13 +74,26 @@ def dot_product_attention_weights(query: Array, key: Array, mask: Array | None =
   return masks.masked_softmax(scores, mask)
 
 
+def weighted_values(weights: Array, value: Array) -> Array:
+  """Attention output from explicit weights (e.g. after dropout).
+
+  Args:
+    weights: `[batch, heads, q_len, kv_len]`.
+    value: `[batch, kv_len, kv_heads, head_dim]`, heads % kv_heads == 0.
+
+  Returns:
+    `[batch, q_len, heads, head_dim]` in `value.dtype`.
+  """
+  b, n, t, s = weights.shape
+  k, h = value.shape[2], value.shape[3]
+  grouped = weights.reshape(b, k, n // k, t, s).astype(value.dtype)
+  out = jnp.einsum("bkgts,bskh->btkgh", grouped, value)  # [batch, q_len, kv_heads, group, head_dim]
+  return out.reshape(b, t, n, h)
+
+
 def _reference(query, key, value, mask, bias, is_causal, scale):
   weights = dot_product_attention_weights(query, key, mask, bias, is_causal, scale)
-  b, t, n, h = query.shape
-  s, k = key.shape[1], key.shape[2]
-  weights = weights.reshape(b, k, n // k, t, s).astype(value.dtype)
-  out = jnp.einsum("bkgts,bskh->btkgh", weights, value)  # [batch, q_len, kv_heads, group, head_dim]
-  return out.reshape(b, t, n, h)
+  return weighted_values(weights, value).astype(query.dtype)
 
 
 def _as_4d(x: Array | None, q_len: int, kv_len: int) -> Array | None:

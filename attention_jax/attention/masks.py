@@ -48,24 +48,28 @@ def padding_mask(kv_valid: Array, q_valid: Array | None = None) -> Array:
   return mask
 
 
-def _positions(q_len: int, kv_len: int | None, q_offset) -> tuple[Array, Array]:
+def _relative(q_len: int, kv_len: int | None, q_offset) -> Array:
+  """Key position minus query position, `[batch or 1, 1, q_len, kv_len]`.
+
+  `q_offset` is a scalar or an int `[batch]` (per-sequence decode positions).
+  """
   kv_len = q_len if kv_len is None else kv_len
-  q_pos = jnp.arange(q_len)[:, None] + q_offset
-  kv_pos = jnp.arange(kv_len)[None, :]
-  return q_pos, kv_pos
+  offset = jnp.asarray(q_offset).reshape(-1, 1, 1, 1)  # [batch or 1, 1, 1, 1]
+  q_pos = jnp.arange(q_len)[:, None] + offset
+  return jnp.arange(kv_len)[None, :] - q_pos
 
 
 def causal_mask(q_len: int, kv_len: int | None = None, q_offset=0) -> Array:
   """Causal mask: query i attends key j iff `j <= i + q_offset`.
 
   With the default offset the mask is aligned at the top left, as
-  `jax.nn.dot_product_attention(is_causal=True)` does for q_len != kv_len.
+  `jax.nn.dot_product_attention(is_causal=True)` does for q_len != kv_len;
+  a KV-cache decode step passes its position (scalar or `[batch]`) as offset.
 
   Returns:
-    bool `[1, 1, q_len, kv_len]`.
+    bool `[batch or 1, 1, q_len, kv_len]`.
   """
-  q_pos, kv_pos = _positions(q_len, kv_len, q_offset)
-  return (kv_pos <= q_pos)[None, None]
+  return _relative(q_len, kv_len, q_offset) <= 0
 
 
 def local_mask(q_len: int, kv_len: int | None = None, window: int = 0,
@@ -75,12 +79,11 @@ def local_mask(q_len: int, kv_len: int | None = None, window: int = 0,
   Combine with `causal_mask` for a sliding window over the past only.
 
   Returns:
-    bool `[1, 1, q_len, kv_len]`.
+    bool `[batch or 1, 1, q_len, kv_len]`.
   """
   if window < 0:
     raise ValueError(f"local window must be >= 0, got {window}")
-  q_pos, kv_pos = _positions(q_len, kv_len, q_offset)
-  return (jnp.abs(q_pos - kv_pos) <= window)[None, None]
+  return jnp.abs(_relative(q_len, kv_len, q_offset)) <= window
 
 
 def prefix_mask(prefix_lengths: Array, length: int) -> Array:

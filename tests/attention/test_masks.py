@@ -131,3 +131,13 @@ def test_masked_softmax_is_float32_for_bfloat16_and_stable_for_large_scores():
   assert got.dtype == jnp.float32
   e = np.exp(np.array([0.0, -1.0]))
   np.testing.assert_allclose(got[0], [*(e / e.sum()), 0.0], rtol=1e-6, atol=1e-30)
+
+
+def test_per_sequence_offsets_for_cached_decoding():
+  offsets = np.array([0, 2, 5])
+  got = masks.causal_mask(2, 8, q_offset=jnp.asarray(offsets))
+  assert got.shape == (3, 1, 2, 8)
+  for b, off in enumerate(offsets):
+    np.testing.assert_array_equal(got[b, 0], _loop_mask(2, 8, lambda i, j: j <= i + off))
+  local = masks.local_mask(2, 8, window=1, q_offset=jnp.asarray(offsets))
+  np.testing.assert_array_equal(local[2, 0], _loop_mask(2, 8, lambda i, j: abs(i + 5 - j) <= 1))
