@@ -1,0 +1,147 @@
+"""Multi-head attention (Vaswani et al. 2017) with an explicit KV cache.
+
+    head_i = Attention(x W_Q^i, y W_K^i, y W_V^i);  out = [head_1; ...; head_h] W_O
+
+Self-attention when `inputs_kv` is None, cross-attention otherwise. The
+attention itself is `attention.core.dot_product_attention`, its backend chosen
+by the `implementation` field. Fewer key/value heads than query heads gives
+grouped-query attention (Ainslie et al. 2023).
+
+The cache is a plain pytree passed in and returned (never hidden in a Flax
+collection): `init_cache(batch, max_len)` makes an empty one; a call with
+`cache=` writes the new keys/values at each sequence's `index`, attends over
+everything written so far, and returns the updated cache. Every leaf leads
+with the batch axis, so beam search can reorder it.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from attention_jax.attention import core, masks
+
+Array = jax.Array
+
+
+class KVCache(NamedTuple):
+  key: Array  # [batch, max_len, kv_heads, head_dim]
+  value: Array  # [batch, max_len, kv_heads, head_dim]
+  index: Array  # int32 [batch]: positions written so far = next write position
+
+
+def _write(cache: Array, new: Array, index: Array) -> Array:
+  """cache[b, index[b]:index[b] + len] = new[b] for every sequence b."""
+  return jax.vmap(lambda c, x, i: lax.dynamic_update_slice_in_dim(c, x, i, axis=0))(
+      cache, new.astype(cache.dtype), index)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention over BTNH projections."""
+  num_heads: int  # query heads
+  head_dim: int  # size of each head's keys, queries and values (d_k = d_v)
+  num_kv_heads: int | None = None  # None: = num_heads; fewer: grouped-query
+  out_features: int | None = None  # None: the query input's feature size
+  dropout_rate: float = 0.0  # on the attention weights (uses the explicit-weights path)
+  implementation: str = "reference"  # 'reference' | 'blockwise' | 'xla' | 'cudnn'
+  use_bias: bool = True  # biases on the projections, as in Vaswani et al.
+  project_out: bool = True  # False: return the heads [batch, q_len, heads, head_dim] unprojected
+  dtype: Any = jnp.float32  # compute dtype
+  param_dtype: Any = jnp.float32  # parameter storage dtype
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+    """An empty cache for `max_len` positions (callable without parameters)."""
+    shape = (batch, max_len, self.kv_heads, self.head_dim)
+    dtype = self.dtype if dtype is None else dtype
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                   jnp.zeros((batch,), jnp.int32))
+
+  def _project(self, x: Array, heads: int, name: str) -> Array:
+    dense = nn.DenseGeneral(
+        features=(heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name,
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "heads", "kv")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads", "kv")))
+    y = dense(x)  # [batch, length, heads, head_dim]
+    return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array | None = None,
+               mask: Array | None = None, *, is_causal: bool = False,
+               cache: KVCache | None = None,
+               deterministic: bool = True) -> tuple[Array, KVCache | None]:
+    """Attend from `inputs_q` to `inputs_kv` (or to itself).
+
+    Args:
+      inputs_q: `[batch, q_len, features]`.
+      inputs_kv: `[batch, kv_len, features_kv]`, None for self-attention.
+      mask: bool broadcastable to `[batch, heads, q_len, kv_len]` (kv_len =
+        max_len with a cache), True = attend.
+      is_causal: key j is hidden from query i when j > i (with a cache:
+        j > index + i, which also hides the unwritten slots).
+      cache: a `KVCache` for self-attention decoding, or None.
+      deterministic: no dropout when True.
+
+    Returns:
+      (output `[batch, q_len, out_features]`, or the heads
+      `[batch, q_len, heads, head_dim]` if not `project_out`; the updated
+      cache or None).
+      With the `intermediates` collection mutable, the weights
+      `[batch, heads, q_len, kv_len]` are sown as `attention_weights`.
+    """
+    if self.num_heads % self.kv_heads:
+      raise ValueError(
+          f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.kv_heads})")
+    self_attention = inputs_kv is None
+    inputs_kv = inputs_q if self_attention else inputs_kv
+    query = self._project(inputs_q, self.num_heads, "query")
+    key = self._project(inputs_kv, self.kv_heads, "key")
+    value = self._project(inputs_kv, self.kv_heads, "value")
+
+    if cache is not None:
+      if not self_attention:
+        raise ValueError("a KV cache is for self-attention; cross-attention keys are fixed")
+      cache = KVCache(_write(cache.key, key, cache.index), _write(cache.value, value, cache.index),
+                      cache.index + query.shape[1])
+      key, value = cache.key, cache.value  # [batch, max_len, kv_heads, head_dim]
+      # Slots at or past the new index are unwritten; causal hides them, else hide them here.
+      offset = cache.index - query.shape[1]
+      seen = masks.causal_mask(query.shape[1], key.shape[1], q_offset=offset)
+      if not is_causal:
+        seen = jnp.arange(key.shape[1]) < cache.index[:, None, None, None]
+      mask = masks.combine(mask, seen)
+      is_causal = False  # folded into the mask at the cache's offsets
+    elif is_causal:
+      mask = masks.combine(mask, masks.causal_mask(query.shape[1], key.shape[1]))
+      is_causal = False
+
+    use_dropout = self.dropout_rate > 0 and not deterministic
+    if use_dropout or self.implementation == "reference" or self.is_mutable_collection(
+        "intermediates"):
+      weights = core.dot_product_attention_weights(query, key, mask)  # [batch, heads, q, kv]
+      self.sow("intermediates", "attention_weights", weights)
+    if use_dropout or self.implementation == "reference":
+      if use_dropout:
+        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+      out = core.weighted_values(weights, value)
+    else:
+      out = core.dot_product_attention(query, key, value, mask=mask,
+                                       implementation=self.implementation)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    if not self.project_out:
+      return out, cache
+    features = self.out_features or inputs_q.shape[-1]
+    out = nn.DenseGeneral(
+        features=features, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype, name="out",
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("heads", "kv", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))(out)
+    return out, cache  # [batch, q_len, features]

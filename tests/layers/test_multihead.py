@@ -1,0 +1,146 @@
+"""MultiHeadAttention against a NumPy version of the formula with the same weights."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attention_jax.attention import masks
+from attention_jax.layers.multihead import MultiHeadAttention
+
+B, T, S, D = 2, 5, 7, 12
+
+
+def _np_mha(params, x, y, heads, kv_heads, mask):
+  """concat_i softmax(q_i k_i^T / sqrt(d)) v_i, then W_O, in float64 loops over heads."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  proj = lambda z, name: np.einsum("btd,dnh->btnh", z, p[name]["kernel"]) + p[name]["bias"]
+  q, k, v = proj(x, "query"), proj(y, "key"), proj(y, "value")
+  head_dim = q.shape[-1]
+  heads_out = []
+  for n in range(heads):
+    kv = n // (heads // kv_heads)
+    logits = np.einsum("btd,bsd->bts", q[:, :, n], k[:, :, kv]) / np.sqrt(head_dim)
+    m = np.broadcast_to(mask[:, 0], logits.shape) if mask is not None else np.ones_like(logits, bool)
+    logits = np.where(m, logits, -np.inf)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    heads_out.append(np.einsum("bts,bsd->btd", w / w.sum(-1, keepdims=True), v[:, :, kv]))
+  concat = np.stack(heads_out, axis=2)  # [batch, q_len, heads, head_dim]
+  return np.einsum("btnh,nhd->btd", concat, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def _data(seed=0):
+  rng = np.random.default_rng(seed)
+  return jnp.float32(rng.normal(size=(B, T, D))), jnp.float32(rng.normal(size=(B, S, D)))
+
+
+def _init(module, *args, **kwargs):
+  variables = module.init(jax.random.key(0), *args, **kwargs)
+  # Biases start at zero; random ones make the comparison check them too.
+  return jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape),
+                      nn.meta.unbox(variables))
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (4, 1)])
+@pytest.mark.parametrize("implementation", ["reference", "blockwise", "xla"])
+def test_cross_attention_matches_numpy(heads, kv_heads, implementation):
+  x, y = _data()
+  kv_valid = masks.valid_from_lengths(jnp.array([S, 3]), S)
+  mask = masks.padding_mask(kv_valid)
+  mha = MultiHeadAttention(num_heads=heads, head_dim=3, num_kv_heads=kv_heads,
+                           implementation=implementation)
+  variables = _init(mha, x, y, mask)
+  out, cache = mha.apply(variables, x, y, mask)
+  assert cache is None and out.shape == (B, T, D)
+  np.testing.assert_allclose(out, _np_mha(variables["params"], x, y, heads, kv_heads,
+                                          np.asarray(mask)), rtol=1e-5, atol=1e-5)
+
+
+def test_causal_self_attention_matches_numpy_and_sows_weights():
+  x, _ = _data(1)
+  mha = MultiHeadAttention(num_heads=3, head_dim=4, implementation="blockwise")
+  variables = _init(mha, x, is_causal=True)
+  plain, _ = mha.apply(variables, x, is_causal=True)
+  (out, _), state = mha.apply(variables, x, is_causal=True, mutable=["intermediates"])
+  np.testing.assert_array_equal(out, plain)  # sowing changes no number
+  causal = np.asarray(masks.causal_mask(T))
+  np.testing.assert_allclose(out, _np_mha(variables["params"], x, x, 3, 3, causal),
+                             rtol=1e-5, atol=1e-5)
+  (weights,) = state["intermediates"]["attention_weights"]
+  assert weights.shape == (B, 3, T, T)
+  np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(weights)[..., ~causal[0, 0]], 0.0)
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_cached_decoding_equals_full_forward(chunk, kv_heads):
+  x, _ = _data(2)
+  t = 6
+  x = x[:, :1].repeat(t, axis=1) + jnp.arange(t)[None, :, None] * 0.1
+  mha = MultiHeadAttention(num_heads=4, head_dim=3, num_kv_heads=kv_heads)
+  variables = _init(mha, x, is_causal=True)
+  full, _ = mha.apply(variables, x, is_causal=True)
+  cache = mha.init_cache(B, max_len=8)
+  outs = []
+  for start in range(0, t, chunk):
+    out, cache = mha.apply(variables, x[:, start:start + chunk], is_causal=True, cache=cache)
+    outs.append(out)
+  np.testing.assert_array_equal(cache.index, [t, t])
+  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_with_per_sequence_positions():
+  """Two sequences at different positions in one cache each see only their own past."""
+  x, _ = _data(3)
+  mha = MultiHeadAttention(num_heads=2, head_dim=3)
+  variables = _init(mha, x, is_causal=True)
+  full, _ = mha.apply(variables, x, is_causal=True)
+  cache = mha.init_cache(B, max_len=T)
+  cache, outs = cache, {}
+  # Sequence 0 gets 3 tokens in one call, sequence 1 two; then one token each.
+  cache = cache._replace(index=jnp.array([0, 0]))
+  out, cache = mha.apply(variables, x[:, :3], is_causal=True, cache=cache)
+  np.testing.assert_allclose(out, full[:, :3], atol=1e-5)
+  cache = cache._replace(index=jnp.array([3, 2]))  # sequence 1 rewinds one step
+  step = jnp.stack([x[0, 3], x[1, 2]])[:, None]
+  out, cache = mha.apply(variables, step, is_causal=True, cache=cache)
+  np.testing.assert_allclose(out[:, 0], jnp.stack([full[0, 3], full[1, 2]]), atol=1e-5)
+
+
+def test_causality_by_gradients():
+  x, _ = _data(4)
+  mha = MultiHeadAttention(num_heads=2, head_dim=4)
+  variables = _init(mha, x, is_causal=True)
+  jac = jax.jacrev(lambda x: mha.apply(variables, x, is_causal=True)[0][0])(x)  # [T, D, B, T, D]
+  dep = np.abs(np.asarray(jac[:, :, 0])).sum(axis=(1, 3))  # [output t, input t]
+  future = np.triu(np.ones((T, T), bool), k=1)
+  np.testing.assert_array_equal(dep[future], 0.0)
+  assert (dep[~future] > 0).all()
+  assert np.abs(np.asarray(jac[:, :, 1])).max() == 0.0  # nor across the batch
+
+
+def test_dropout_on_weights_is_unbiased_and_off_when_deterministic():
+  x, y = _data(5)
+  mha = MultiHeadAttention(num_heads=2, head_dim=3, dropout_rate=0.5, implementation="blockwise")
+  variables = _init(mha, x, y)
+  clean, _ = mha.apply(variables, x, y)
+  f = lambda r: mha.apply(variables, x, y, deterministic=False, rngs={"dropout": r})[0]
+  samples = jax.vmap(f)(jax.random.split(jax.random.key(3), 4000))
+  assert not np.allclose(samples[0], clean)
+  stderr = samples.std(0) / np.sqrt(len(samples))
+  np.testing.assert_array_less(np.abs(samples.mean(0) - clean), 5 * stderr + 1e-6)
+
+
+def test_parameters_carry_logical_axes():
+  x, _ = _data()
+  variables = MultiHeadAttention(num_heads=2, head_dim=3).init(jax.random.key(0), x)
+  specs = nn.get_partition_spec(variables)["params"]
+  assert tuple(specs["query"]["kernel"]) == ("embed", "heads", "kv")
+  assert tuple(specs["out"]["kernel"]) == ("heads", "kv", "embed")
+
+
+def test_heads_must_divide():
+  x, _ = _data()
+  with pytest.raises(ValueError, match=r"num_heads \(3\) must be a multiple of num_kv_heads \(2\)"):
+    MultiHeadAttention(num_heads=3, head_dim=2, num_kv_heads=2).init(jax.random.key(0), x)
