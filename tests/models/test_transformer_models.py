@@ -21,6 +21,16 @@ def _batch(seed=0):
   return inputs, lengths, targets_in
 
 
+def _step_through(model, variables, state, tokens):
+  """Logits `[batch, length, vocab]` from feeding `tokens` one at a time to decode_step."""
+  step = jax.jit(lambda s, tok: model.apply(variables, s, tok, method=model.decode_step))
+  logits = []
+  for t in range(tokens.shape[1]):
+    out, state = step(state, tokens[:, t])
+    logits.append(out)
+  return jnp.stack(logits, axis=1), state
+
+
 def _init_seq2seq(**overrides):
   model = EncoderDecoderTransformer(**dict(SMALL, **overrides))
   inputs, lengths, targets_in = _batch()
@@ -43,29 +53,21 @@ def test_seq2seq_decode_steps_equal_teacher_forcing(variant):
   full = model.apply(variables, inputs, lengths, targets_in)
   encoded = model.apply(variables, inputs, lengths, method=model.encode)
   state = model.apply(variables, encoded, lengths, method=model.init_decode_state)
-  step = jax.jit(lambda s, tok: model.apply(variables, s, tok, method=model.decode_step))
-  logits = []
-  for t in range(T):
-    out, state = step(state, targets_in[:, t])
-    logits.append(out)
-  np.testing.assert_allclose(jnp.stack(logits, axis=1), full, atol=1e-5, rtol=1e-5)
+  logits, state = _step_through(model, variables, state, targets_in)
+  np.testing.assert_allclose(logits, full, atol=1e-5, rtol=1e-5)
   for leaf in jax.tree.leaves(state):
     assert leaf.shape[0] == B
 
 
 @pytest.mark.parametrize("variant", ["pre-LN", "scanned GQA"])
 def test_lm_decode_steps_equal_forward(variant):
-  model = DecoderOnlyLM(**dict(SMALL, **{k: v for k, v in VARIANTS[variant].items()}))
+  model = DecoderOnlyLM(**dict(SMALL, **VARIANTS[variant]))
   _, _, tokens = _batch(2)
   variables = model.init(jax.random.key(0), tokens)
   full = model.apply(variables, tokens)
   state = model.apply(variables, B, method=model.init_decode_state)
-  step = jax.jit(lambda s, tok: model.apply(variables, s, tok, method=model.decode_step))
-  logits = []
-  for t in range(T):
-    out, state = step(state, tokens[:, t])
-    logits.append(out)
-  np.testing.assert_allclose(jnp.stack(logits, axis=1), full, atol=1e-5, rtol=1e-5)
+  logits, _ = _step_through(model, variables, state, tokens)
+  np.testing.assert_allclose(logits, full, atol=1e-5, rtol=1e-5)
 
 
 def test_decoder_is_causal_and_ignores_padding():
