@@ -108,15 +108,15 @@ class _TransformerBase(nn.Module):
 
 class EncoderDecoderTransformer(_TransformerBase):
   """Encoder self-attention, causal decoder self-attention, cross-attention."""
-  input_vocab_size: int | None = None  # None: same as vocab_size
+  src_vocab_size: int | None = None  # None: same as vocab_size
   encoder_layers: int | None = None  # None: num_layers
   share_embeddings: bool = False  # one table for source and target (same vocabulary)
 
   def setup(self):
     self._check()
-    source_vocab = self.input_vocab_size or self.vocab_size
+    source_vocab = self.src_vocab_size or self.vocab_size
     if self.share_embeddings and source_vocab != self.vocab_size:
-      raise ValueError(f"model.share_embeddings needs one vocabulary, got input_vocab_size "
+      raise ValueError(f"model.share_embeddings needs one vocabulary, got src_vocab_size "
                        f"{source_vocab} and vocab_size {self.vocab_size}")
     self.target_embed = self._embed(self.vocab_size, "target_embed")
     self.source_embed = (self.target_embed if self.share_embeddings

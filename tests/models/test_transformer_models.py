@@ -119,4 +119,4 @@ def test_bad_sizes_are_named():
   with pytest.raises(ValueError, match=r"model.num_heads \(3\) must divide model.d_model \(16\)"):
     _init_seq2seq(num_heads=3)
   with pytest.raises(ValueError, match="model.share_embeddings needs one vocabulary"):
-    _init_seq2seq(share_embeddings=True, input_vocab_size=20)
+    _init_seq2seq(share_embeddings=True, src_vocab_size=20)
