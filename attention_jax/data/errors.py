@@ -1,0 +1,18 @@
+"""Errors raised by the data package: each names what is wrong and how to fix it."""
+
+
+class DataError(Exception):
+  """Base class for data set problems (unknown names, missing inputs, bad files)."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+  """A package, raw file or prepared data set that is needed is not there."""
+
+
+class DataFormatError(DataError, ValueError):
+  """A raw input file has a malformed line; the message gives file and line."""
+
+  def __init__(self, path, line_number: int, message: str):
+    self.path = str(path)
+    self.line_number = line_number
+    super().__init__(f"{self.path}:{line_number}: {message}")

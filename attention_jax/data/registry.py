@@ -1,0 +1,259 @@
+"""The data sets a config can name, and `get_dataset` which opens (and if need be builds) one.
+
+Names are `name` or `name/config`, as in TFDS:
+
+  cmudict_g2p[/stress|/no_stress]        CMUdict G2P, split by word (default: stress)
+  algorithmic[/copy|/reverse|/sort|/addition]   length generalisation (default: copy)
+  freedict_deu_eng                       FreeDict German -> English examples (manual_dir)
+  wmt14[/de-en]                          TFDS's wmt14_translate, prepared by the user
+
+Every `Dataset` exposes the same records (inputs, targets, references as str),
+an input and a target vocabulary, and split names train / dev / test.
+"""
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import tensorflow_datasets as tfds
+
+from attention_jax.data import paths
+from attention_jax.data.algorithmic import Algorithmic
+from attention_jax.data.cmudict_g2p import CmudictG2p
+from attention_jax.data.errors import DataError, MissingDataError
+from attention_jax.data.freedict import FreedictDeuEng, find_source_file
+from attention_jax.data.text_builder import INPUT_VOCAB_FILE, TARGET_VOCAB_FILE
+from attention_jax.data.vocab import SentencePieceVocabulary, SymbolVocabulary
+
+SPM_MAX_SENTENCES = 300_000  # SentencePiece trains on at most this many train sentences
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """How to find, build and read one named data set."""
+  builder_cls: Any                  # our TFDS builder class; None: TFDS's own, prepared by the user
+  tfds_name: str                    # TFDS name of the builder
+  configs: tuple[str, ...]          # known config names ("" when there are none)
+  fields: tuple[str, str] = ("inputs", "targets")  # record keys of source and target text
+  split_names: tuple[tuple[str, str], ...] = (("train", "train"), ("dev", "dev"), ("test", "test"))
+  tokenizer: str = "vocab"          # default: "vocab" (files built with the data) or "sentencepiece"
+  vocab_size: int = 8000            # default SentencePiece size
+  how_to_prepare: str = ""          # shown when the data set is missing and cannot be built here
+
+
+DATASETS = {
+    "cmudict_g2p": Spec(CmudictG2p, "cmudict_g2p", ("stress", "no_stress")),
+    "algorithmic": Spec(Algorithmic, "algorithmic", ("copy", "reverse", "sort", "addition")),
+    "freedict_deu_eng": Spec(FreedictDeuEng, "freedict_deu_eng", ("",)),
+    "wmt14": Spec(
+        None, "wmt14_translate", ("de-en",), fields=("de", "en"),
+        split_names=(("train", "train"), ("dev", "validation"), ("test", "test")),
+        tokenizer="sentencepiece", vocab_size=32000,
+        how_to_prepare=(
+            "On a machine with network access and TensorFlow, run `tfds build wmt14_translate "
+            "--config=de-en --file_format=array_record --data_dir=DIR` and copy DIR's "
+            "wmt14_translate/ into the data dir.")),
+}
+
+
+def parse_name(name: str) -> tuple[str, str]:
+  """'cmudict_g2p/no_stress' -> ('cmudict_g2p', 'no_stress'); the default config if none."""
+  base, _, config = name.partition("/")
+  if base not in DATASETS:
+    raise DataError(f"Unknown data set {name!r}; known: "
+                    + ", ".join(f"{n}/{{{','.join(s.configs)}}}" if s.configs != ("",) else n
+                                for n, s in DATASETS.items()))
+  spec = DATASETS[base]
+  config = config or spec.configs[0]
+  if config not in spec.configs:
+    raise DataError(f"Unknown config {config!r} of data set {base!r}; known: {', '.join(spec.configs)}.")
+  return base, config
+
+
+def make_builder(name: str, data_dir: str | None = None, config=None) -> tfds.core.DatasetBuilder:
+  """The TFDS builder for `name` ('base' or 'base/config').
+
+  `config` may be a BuilderConfig object (then `name` is just the base name).
+  """
+  if config is None:
+    base, config_name = parse_name(name)
+  else:
+    base, config_name = parse_name(name.partition("/")[0])[0], None
+  spec = DATASETS[base]
+  data_dir = paths.resolve_data_dir(data_dir)
+  if spec.builder_cls is None:
+    full = f"{spec.tfds_name}/{config_name}"
+    try:
+      return tfds.builder(full, data_dir=data_dir)
+    except Exception as e:  # TFDS raises several kinds when neither code nor data is there
+      raise MissingDataError(f"{full} is not prepared in {data_dir}. {spec.how_to_prepare}") from e
+  return spec.builder_cls(config=config or config_name or None, data_dir=data_dir,
+                          file_format="array_record")
+
+
+def is_prepared(builder) -> bool:
+  return (builder.data_path / "dataset_info.json").exists()
+
+
+def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None,
+            config=None) -> tfds.core.DatasetBuilder:
+  """Builds the data set if it is not built yet (offline); returns its builder."""
+  builder = make_builder(name, data_dir, config)
+  if is_prepared(builder):
+    return builder
+  if builder.__class__ is FreedictDeuEng:
+    find_source_file(manual_dir, search_default=manual_dir is None)  # fail early, clearly
+  builder.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+class Dataset:
+  """A prepared data set: records, vocabularies and split statistics.
+
+  Records are read through `source(split)`, a random-access sequence of dicts
+  {inputs: str, targets: str, references: list[str]}; `tokenize` turns one
+  into (input ids, target ids) without bos/eos.
+  """
+
+  def __init__(self, name: str, builder, spec: Spec, input_vocab, target_vocab):
+    self.name = name
+    self.builder = builder
+    self.spec = spec
+    self.input_vocab = input_vocab
+    self.target_vocab = target_vocab
+    self._splits = dict(spec.split_names)
+    self._texts_cache: dict[str, list] = {}
+
+  @property
+  def splits(self) -> dict[str, int]:
+    """split name -> number of records."""
+    info = self.builder.info.splits
+    return {ours: info[theirs].num_examples for ours, theirs in self._splits.items() if theirs in info}
+
+  @property
+  def metadata(self) -> dict:
+    return dict(self.builder.info.metadata or {})
+
+  def source(self, split: str) -> "RecordSource":
+    if split not in self._splits:
+      raise DataError(f"Unknown split {split!r} of {self.name}; known: {', '.join(self._splits)}.")
+    tfds_source = self.builder.as_data_source(split=self._splits[split])
+    return RecordSource(tfds_source, self.spec.fields)
+
+  def tokenize(self, record: dict) -> tuple[list[int], list[int]]:
+    return self.input_vocab.encode(record["inputs"]), self.target_vocab.encode(record["targets"])
+
+  def texts(self, split: str) -> list[dict]:
+    """All records of a split in order (cached): what evaluation compares against."""
+    if split not in self._texts_cache:
+      src = self.source(split)
+      chunk = 4096
+      self._texts_cache[split] = [r for i in range(0, len(src), chunk)
+                                  for r in src.getitems(range(i, min(i + chunk, len(src))))]
+    return self._texts_cache[split]
+
+  def max_lengths(self, split: str) -> tuple[int, int]:
+    """Longest (input, target) of a split in vocabulary tokens, without bos/eos."""
+    stats = self.metadata.get("split_stats", {}).get(split)
+    if stats and isinstance(self.input_vocab, SymbolVocabulary) and isinstance(
+        self.target_vocab, SymbolVocabulary):
+      return stats["max_input_length"], stats["max_target_length"]
+    if self.splits[split] > 200_000:
+      raise DataError(f"{self.name}/{split} is too large to scan for lengths; pass "
+                      "max_input_length and max_target_length to the pipeline.")
+    ins, outs = 0, 0
+    for r in self.texts(split):
+      ins = max(ins, len(self.input_vocab.encode(r["inputs"])))
+      outs = max([outs] + [len(self.target_vocab.encode(t)) for t in r["references"]])
+    return ins, outs
+
+
+class RecordSource:
+  """Random access to decoded records as {inputs, targets, references} of str.
+
+  Implements grain's batched-read protocol (`_getitems`): TFDS's array_record
+  source reads many records at once about 50 times faster than one by one.
+  """
+
+  def __init__(self, tfds_source, fields: tuple[str, str]):
+    self._source = tfds_source
+    self._fields = fields
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def _convert(self, record: dict) -> dict:
+    src, tgt = self._fields
+    targets = record[tgt].decode("utf-8")
+    refs = [r.decode("utf-8") for r in record.get("references", ())] or [targets]
+    return {"inputs": record[src].decode("utf-8"), "targets": targets, "references": refs}
+
+  def __getitem__(self, index: int) -> dict:
+    return self._convert(self._source[index])
+
+  def getitems(self, indices: Sequence[int]) -> list[dict]:
+    return [self._convert(r) for r in self._source.__getitems__(list(indices))]
+
+  _getitems = getitems  # the name grain looks for
+
+  def __repr__(self) -> str:
+    return f"RecordSource({self._source!r})"
+
+
+def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | None = None,
+                tokenizer: str | None = None, vocab_size: int | None = None,
+                prepare_if_missing: bool = True, config=None) -> Dataset:
+  """Opens a named data set, building it first if needed (offline).
+
+  Args:
+    name: 'cmudict_g2p', 'cmudict_g2p/no_stress', 'algorithmic/reverse', ... (see DATASETS).
+    data_dir: root of prepared data; default from ATTENTION_JAX_DATA_DIR,
+      TFDS_DATA_DIR or ~/tensorflow_datasets (see `paths`).
+    manual_dir: where raw files the builder cannot fetch live (FreeDict).
+    tokenizer: "vocab" (characters / symbols of the train split) or
+      "sentencepiece"; default per data set.
+    vocab_size: SentencePiece vocabulary size (default per data set).
+    prepare_if_missing: build the data set when it is not in data_dir.
+    config: a BuilderConfig object instead of a named config (tests, custom
+      algorithmic sizes); its name must be new.
+  """
+  base = parse_name(name)[0]
+  spec = DATASETS[base]
+  if config is not None:
+    name = f"{base}/{config.name}"
+  elif spec.configs != ("",):
+    name = f"{base}/{parse_name(name)[1]}"
+  builder = make_builder(name if config is None else base, data_dir, config)
+  if not is_prepared(builder):
+    if not prepare_if_missing:
+      raise MissingDataError(f"{name} is not prepared in {builder.data_dir}; run "
+                             f"`python -m attention_jax.data.prepare {name}`.")
+    builder = prepare(name if config is None else base, data_dir, manual_dir, config)
+  tokenizer = tokenizer or spec.tokenizer
+  if tokenizer == "vocab":
+    if not (builder.data_path / INPUT_VOCAB_FILE).exists():
+      raise DataError(f"{name} has no character/symbol vocabulary; use tokenizer='sentencepiece'.")
+    in_vocab = SymbolVocabulary.load(builder.data_path / INPUT_VOCAB_FILE)
+    out_vocab = SymbolVocabulary.load(builder.data_path / TARGET_VOCAB_FILE)
+  elif tokenizer == "sentencepiece":
+    size = vocab_size or spec.vocab_size
+    dataset = Dataset(name, builder, spec, None, None)
+    in_vocab = _sentencepiece(dataset, "inputs", size)
+    out_vocab = _sentencepiece(dataset, "targets", size)
+  else:
+    raise DataError(f"Unknown tokenizer {tokenizer!r}; known: vocab, sentencepiece.")
+  return Dataset(name, builder, spec, in_vocab, out_vocab)
+
+
+def _sentencepiece(dataset: Dataset, side: str, size: int) -> SentencePieceVocabulary:
+  """Loads the side's SentencePiece model beside the data, training it on train first if absent."""
+  path = os.path.join(os.fspath(dataset.builder.data_path), f"spm_{side}_{size}.model")
+  if os.path.exists(path):
+    return SentencePieceVocabulary.load(path)
+  src = dataset.source("train")
+  n = min(len(src), SPM_MAX_SENTENCES)
+  texts = [r[side] for i in range(0, n, 4096) for r in src.getitems(range(i, min(i + 4096, n)))]
+  vocab = SentencePieceVocabulary.train(texts, size)
+  vocab.save(path)
+  return vocab
