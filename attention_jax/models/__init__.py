@@ -1,0 +1,1 @@
+"""Whole models built from `attention_jax.layers`, selected by config."""

@@ -1,0 +1,220 @@
+"""RNN encoder-decoder with every attention variant of the lineage, one config field each.
+
+attention='none'      Sutskever / Cho: the decoder starts from the encoder's
+                      last state and sees nothing else of the source.
+attention='bahdanau'  query s_{t-1}; c_t = attend(s_{t-1}, H) is fed into the
+                      cell input with y_{t-1}; output tanh(W_o [s_t; c_t]).
+attention='luong'     query s_t; h~_t = tanh(W_c [c_t; s_t]) is the output;
+                      `input_feeding` feeds h~_{t-1} into the next input.
+attention='local'     as 'luong' with Luong's local-p alignment.
+attention='hard'      as 'luong' with one sampled (argmax when deterministic)
+                      position (Xu et al. 2015).
+
+Every kind takes any score function (`score`), a GRU or LSTM `cell`,
+`num_layers` stacked layers in the encoder and the decoder and a
+(bi)directional encoder. The initial decoder state of layer l is a learned
+bridge of the encoder's final state of layer l: tanh(W h) (and W c for the
+LSTM memory). When the encoder output size differs from `hidden_dim`
+(bidirectional), the memory is projected to `hidden_dim` once per sequence.
+
+Interface shared with the Transformer and the decode module:
+  __call__(inputs [B,S], input_lengths [B], targets_in [B,T], *, deterministic)
+      -> logits float32 [B,T,vocab]       (teacher forcing)
+  encode(inputs, input_lengths, *, deterministic) -> encoded (pytree)
+  init_decode_state(encoded, input_lengths) -> state (every leaf leads with B)
+  decode_step(state, tokens [B], *, deterministic) -> (logits [B,vocab], state)
+`__call__` scans `_step` over time; `decode_step` calls the same `_step` once.
+
+Sown into 'intermediates' (pass mutable=['intermediates'] to `apply`):
+  'attention_weights'  float32 [B,T,S] from __call__, [B,S] per decode_step.
+  'hard_log_prob'      attention='hard' only: float32 [B,T] (or [B]) log-prob
+                       of each chosen position; sum it over real target steps
+                       and pass it to `attention.hard.reinforce_surrogate`
+                       with a reward such as -NLL of the sequence.
+Randomness: 'dropout' when dropout_rate > 0, and 'sample' for hard attention,
+both only when deterministic=False.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attention_jax.attention import masks, scores
+from attention_jax.layers import alignment, recurrent
+
+Array = jax.Array
+
+ATTENTIONS = ("none", "bahdanau", "luong", "local", "hard")
+_ALIGNMENT_KIND = {"bahdanau": "soft", "luong": "soft", "local": "local", "hard": "hard"}
+
+
+def _check(owner: str, value: str, known) -> None:
+  if value not in known:
+    raise ValueError(f"{owner}={value!r} is unknown; known: {', '.join(known)}")
+
+
+def _dense(features: int, axes: tuple[str, str], dtype, param_dtype, name: str,
+           use_bias: bool = True) -> nn.Dense:
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]))
+
+
+class RNNSeq2Seq(nn.Module):
+  """Sequence-to-sequence RNN with a choice of attention."""
+  vocab_size: int  # target vocabulary: the logits' size
+  src_vocab_size: int | None = None  # source vocabulary; None: vocab_size
+  attention: str = "luong"  # 'none', 'bahdanau', 'luong', 'local' or 'hard'
+  score: str = "general"  # any name in attention.scores.SCORES (unused by 'none')
+  cell: str = "lstm"  # 'gru' or 'lstm'
+  num_layers: int = 1  # encoder layers = decoder layers
+  bidirectional: bool = False  # bidirectional encoder
+  src_embed_dim: int = 64  # source embedding size
+  tgt_embed_dim: int = 64  # target embedding size
+  hidden_dim: int = 128  # decoder size, and encoder size per direction
+  attention_dim: int | None = None  # additive score / local-p predictor size; None: hidden_dim
+  input_feeding: bool = True  # luong, local, hard: feed h~_{t-1} into the cell input
+  window: int = 2  # local: half-width D of the window (sigma = D / 2)
+  max_len: int = 64  # location score: the longest source it can attend
+  temperature: float = 1.0  # cosine / pearson score temperature
+  dropout_rate: float = 0.0  # embeddings, between layers, before the output layer
+  dtype: Any = jnp.float32  # compute dtype (softmax and logits are float32)
+  param_dtype: Any = jnp.float32  # parameter storage dtype
+
+  def __post_init__(self):
+    _check("RNNSeq2Seq.attention", self.attention, ATTENTIONS)
+    _check("RNNSeq2Seq.score", self.score, tuple(scores.SCORES))
+    _check("RNNSeq2Seq.cell", self.cell, recurrent.CELLS)
+    super().__post_init__()
+
+  @property
+  def _feeds(self) -> bool:
+    """Whether h~_{t-1} enters the next cell input (Luong's input feeding)."""
+    return self.input_feeding and self.attention in ("luong", "local", "hard")
+
+  def setup(self):
+    embed = lambda vocab, dim, name: nn.Embed(
+        vocab, dim, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(1.0), ("vocab", "embed")))
+    self.src_embed = embed(self.src_vocab_size or self.vocab_size, self.src_embed_dim, "src_embed")
+    self.tgt_embed = embed(self.vocab_size, self.tgt_embed_dim, "tgt_embed")
+    self.encoder = recurrent.RNNEncoder(
+        self.cell, self.hidden_dim, self.num_layers, self.bidirectional, self.dropout_rate,
+        self.dtype, self.param_dtype)
+    self.decoder = recurrent.StackedCells(
+        self.cell, self.hidden_dim, self.num_layers, self.dropout_rate, self.dtype,
+        self.param_dtype)
+    dense = lambda features, axes, name, use_bias=True: _dense(
+        features, axes, self.dtype, self.param_dtype, name, use_bias)
+    self.bridge_h = [dense(self.hidden_dim, ("memory", "hidden"), f"bridge_h_{i}")
+                     for i in range(self.num_layers)]
+    if self.cell == "lstm":
+      self.bridge_c = [dense(self.hidden_dim, ("memory", "hidden"), f"bridge_c_{i}")
+                       for i in range(self.num_layers)]
+    if self.attention != "none":
+      if self.bidirectional:  # the scores compare decoder states with hidden_dim-sized keys
+        self.memory_proj = dense(self.hidden_dim, ("memory", "hidden"), "memory_proj", False)
+      self.align = alignment.Alignment(
+          self.score, _ALIGNMENT_KIND[self.attention], self.attention_dim, self.max_len,
+          self.window, self.temperature, self.dtype, self.param_dtype)
+      self.combine = dense(self.hidden_dim, ("memory", "hidden"), "combine", False)
+    self.readout = dense(self.vocab_size, ("hidden", "vocab"), "readout")
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  # ---- encoder side ----
+
+  def encode(self, inputs: Array, input_lengths: Array, *, deterministic: bool = True):
+    """Returns {'memory': [B, S, directions * hidden], 'final': per-layer final carries}."""
+    x = self.src_embed(inputs)  # [batch, src_len, src_embed]
+    x = self.dropout(x, deterministic=deterministic)
+    memory, final = self.encoder(x, input_lengths, deterministic=deterministic)
+    return {"memory": memory, "final": final}
+
+  def init_decode_state(self, encoded, input_lengths: Array):
+    """The decoder state before the first target token; every leaf is [B, ...]."""
+    carries = []
+    for i, final in enumerate(encoded["final"]):
+      h0 = jnp.tanh(self.bridge_h[i](recurrent.carry_output(self.cell, final)))  # [batch, hidden]
+      carries.append((self.bridge_c[i](final[0]), h0) if self.cell == "lstm" else h0)
+    state = {"carry": tuple(carries)}
+    if self.attention != "none":
+      memory = encoded["memory"]
+      if self.bidirectional:
+        memory = self.memory_proj(memory)  # [batch, src_len, hidden]
+      state["memory"] = memory
+      state["mask"] = masks.valid_from_lengths(input_lengths, memory.shape[1])  # [batch, src_len]
+    if self._feeds:
+      state["feed"] = jnp.zeros((memory.shape[0], self.hidden_dim), self.dtype)
+    return state
+
+  # ---- the decoder step, shared by training and decoding ----
+
+  def _embed_targets(self, tokens: Array, deterministic: bool) -> Array:
+    """Tokens `[B]` or `[B, T]` -> layer 0's projected input `[..., gates * hidden]`."""
+    x = self.tgt_embed(tokens)  # [..., tgt_embed]
+    x = self.dropout(x, deterministic=deterministic)
+    return self.decoder.project(x)
+
+  def _attend(self, query: Array, state, deterministic: bool) -> alignment.AlignmentOutput:
+    return self.align(query, state["memory"], state["memory"], state["mask"],
+                      deterministic=deterministic)
+
+  def _step(self, state, x_proj: Array, deterministic: bool):
+    """One decoder step from the projected token input `x_proj [B, gates * hidden]`.
+
+    Returns the new state and (features [B, hidden], weights [B, S] or None,
+    log_prob [B] or None); the logits are `_logits(features)`.
+    """
+    carry = state["carry"]
+    out = None
+    if self.attention == "bahdanau":
+      query = recurrent.carry_output(self.cell, carry[-1])  # s_{t-1}, [batch, hidden]
+      out = self._attend(query, state, deterministic)
+      carry, s = self.decoder(carry, x_proj, out.context, deterministic=deterministic)
+      features = jnp.tanh(self.combine(jnp.concatenate([s, out.context], axis=-1)))
+    else:
+      extra = state["feed"] if self._feeds else None
+      carry, s = self.decoder(carry, x_proj, extra, deterministic=deterministic)
+      features = s
+      if self.attention != "none":
+        out = self._attend(s, state, deterministic)
+        features = jnp.tanh(self.combine(jnp.concatenate([out.context, s], axis=-1)))
+    state = {**state, "carry": carry}
+    if self._feeds:
+      state["feed"] = features.astype(state["feed"].dtype)
+    weights = None if out is None else out.weights
+    log_prob = None if out is None else out.log_prob
+    return state, (features, weights, log_prob)
+
+  def _logits(self, features: Array, deterministic: bool) -> Array:
+    features = self.dropout(features, deterministic=deterministic)
+    return self.readout(features).astype(jnp.float32)  # [..., vocab]
+
+  def _sow(self, weights: Array | None, log_prob: Array | None) -> None:
+    if weights is not None:
+      self.sow("intermediates", "attention_weights", weights)
+    if log_prob is not None:
+      self.sow("intermediates", "hard_log_prob", log_prob)
+
+  def decode_step(self, state, tokens: Array, *, deterministic: bool = True):
+    """One token `[B]` -> logits float32 `[B, vocab]` and the next state."""
+    state, (features, weights, log_prob) = self._step(
+        state, self._embed_targets(tokens, deterministic), deterministic)
+    self._sow(weights, log_prob)
+    return self._logits(features, deterministic), state
+
+  def __call__(self, inputs: Array, input_lengths: Array, targets_in: Array, *,
+               deterministic: bool = True) -> Array:
+    """Teacher-forced logits float32 `[B, T, vocab]`; targets_in starts with BOS."""
+    encoded = self.encode(inputs, input_lengths, deterministic=deterministic)
+    state = self.init_decode_state(encoded, input_lengths)
+    x_proj = self._embed_targets(targets_in, deterministic)  # [batch, tgt_len, gates * hidden]
+    body = lambda model, state, x_t: model._step(state, x_t, deterministic)
+    _, (features, weights, log_prob) = recurrent.scan_time(body, self, state, x_proj)
+    self._sow(weights, log_prob)  # [batch, tgt_len, src_len], [batch, tgt_len]
+    return self._logits(features, deterministic)

@@ -1,0 +1,170 @@
+"""RNN-decoder attention: every score, local-p and hard attention against NumPy."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attention_jax.attention import scores
+from attention_jax.layers.alignment import Alignment
+
+B, S, D, DV = 3, 9, 6, 5
+LENGTHS = np.array([9, 5, 1])
+MASK = np.arange(S)[None, :] < LENGTHS[:, None]  # [batch, kv_len]
+
+
+def _inputs(seed=0):
+  rng = np.random.default_rng(seed)
+  q = rng.normal(size=(B, D)).astype(np.float32)
+  k = rng.normal(size=(B, S, D)).astype(np.float32)
+  v = rng.normal(size=(B, S, DV)).astype(np.float32)
+  return q, k, v
+
+
+def _np_softmax(x, mask):
+  x = np.where(mask, x, -np.inf)
+  e = np.exp(x - x.max(-1, keepdims=True))
+  e = np.where(mask, e, 0.0)
+  return e / e.sum(-1, keepdims=True)
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+# NumPy versions of each score for one query per example: q [B, d_q], k [B, S, d_k] -> [B, S].
+NP_SCORES = {
+    "dot": lambda q, k, p: np.einsum("bd,bsd->bs", q, k),
+    "scaled_dot": lambda q, k, p: np.einsum("bd,bsd->bs", q, k) / np.sqrt(q.shape[-1]),
+    "general": lambda q, k, p: np.einsum("bd,de,bse->bs", q, p["w"], k),
+    "additive": lambda q, k, p: np.tanh(
+        (q @ p["w_q"])[:, None] + k @ p["w_k"]) @ p["v"],
+    "cosine": lambda q, k, p: np.einsum("bd,bsd->bs", _unit(q), _unit(k)) / 0.5,
+    "pearson": lambda q, k, p: np.einsum(
+        "bd,bsd->bs", _unit(q - q.mean(-1, keepdims=True)),
+        _unit(k - k.mean(-1, keepdims=True))) / 0.5,
+    "location": lambda q, k, p: (q @ p["w"])[:, :k.shape[1]],
+}
+
+
+def _init_apply(module, *args, rngs=None, **kwargs):
+  variables = module.init(jax.random.key(0), *args)
+  out = jax.jit(lambda v, *a: module.apply(v, *a, rngs=rngs, **kwargs))(variables, *args)
+  params = jax.tree.map(np.asarray, nn.unbox(variables).get("params", {}))
+  return out, params, variables
+
+
+@pytest.mark.parametrize("name", list(scores.SCORES))
+def test_soft_attention_matches_pure_function_and_numpy(name):
+  q, k, v = _inputs()
+  module = Alignment(score=name, attention_dim=7, max_len=12, temperature=0.5)
+  out, params, _ = _init_apply(module, q, k, v, MASK)
+
+  expected_shapes = {"general": {"w": (D, D)}, "location": {"w": (D, 12)},
+                     "additive": {"w_q": (D, 7), "w_k": (D, 7), "v": (7,)}}
+  assert jax.tree.map(np.shape, params) == expected_shapes.get(name, {})
+  extra = {"temperature": 0.5} if name in ("cosine", "pearson") else {}
+  pure = scores.get(name)(jnp.asarray(q)[:, None], jnp.asarray(k), **params, **extra)[:, 0]
+  np.testing.assert_allclose(pure, NP_SCORES[name](q, k, params), rtol=2e-5, atol=2e-5)
+  weights = _np_softmax(np.asarray(pure), MASK)
+  np.testing.assert_allclose(out.weights, weights, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out.context, np.einsum("bs,bsd->bd", weights, v), rtol=1e-5,
+                             atol=1e-6)
+  assert out.log_prob is None and out.weights.dtype == jnp.float32
+
+
+def test_query_axis_equals_one_query_at_a_time():
+  q, k, v = _inputs(1)
+  module = Alignment(score="additive")
+  variables = module.init(jax.random.key(0), q, k, v, MASK)
+  q2 = np.stack([q, -q], axis=1)  # [batch, 2, d]
+  both = module.apply(variables, q2, k, v, MASK)
+  for i in range(2):
+    one = module.apply(variables, q2[:, i], k, v, MASK)
+    np.testing.assert_allclose(both.context[:, i], one.context, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(both.weights[:, i], one.weights, rtol=1e-6, atol=1e-7)
+
+
+def test_parameters_carry_logical_axes():
+  q, k, v = _inputs()
+  variables = Alignment(score="additive", kind="local").init(jax.random.key(0), q, k, v, MASK)
+  spec = nn.get_partition_spec(variables)["params"]
+  assert spec["w_q"] == jax.sharding.PartitionSpec("hidden", "attention")
+  assert spec["w_k"] == jax.sharding.PartitionSpec("memory", "attention")
+  assert spec["v_p"] == jax.sharding.PartitionSpec("attention")
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_local_p_matches_numpy_formula(window):
+  q, k, v = _inputs(2)
+  module = Alignment(score="general", kind="local", window=window, attention_dim=4)
+  out, p, variables = _init_apply(module, q, k, v, MASK)
+
+  pos_t = LENGTHS * (1.0 / (1.0 + np.exp(-(np.tanh(q @ p["w_p"]) @ p["v_p"]))))  # [batch]
+  s = np.arange(S)[None, :]
+  in_window = MASK & (np.abs(s - pos_t[:, None]) <= window)
+  align = _np_softmax(np.einsum("bd,de,bse->bs", q, p["w"], k), in_window)
+  gauss = np.exp(-(s - pos_t[:, None]) ** 2 / (2 * (window / 2) ** 2))
+  weights = align * gauss
+  np.testing.assert_allclose(out.weights, weights, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out.context, np.einsum("bs,bsd->bd", weights, v), rtol=1e-5,
+                             atol=1e-6)
+  assert np.all(np.asarray(out.weights)[~in_window] == 0.0)  # nothing outside window or length
+  assert np.all(np.asarray(out.weights).sum(-1) > 0)
+
+  # The predicted position learns through the Gaussian.
+  def loss(params):
+    return jnp.sum(module.apply({"params": params}, q, k, v, MASK).context ** 2)
+  grads = jax.grad(loss)(nn.unbox(variables)["params"])
+  assert np.all(np.isfinite(grads["v_p"])) and np.abs(grads["v_p"]).max() > 0
+
+
+def test_hard_attention_argmax_when_deterministic():
+  q, k, v = _inputs(3)
+  module = Alignment(score="general", kind="hard")
+  out, p, _ = _init_apply(module, q, k, v, MASK)
+  logits = np.where(MASK, np.einsum("bd,de,bse->bs", q, p["w"], k), -np.inf)
+  index = logits.argmax(-1)
+  np.testing.assert_array_equal(out.index, index)
+  np.testing.assert_allclose(out.context, v[np.arange(B), index], rtol=1e-6)
+  weights = _np_softmax(logits, MASK)
+  np.testing.assert_allclose(out.log_prob, np.log(weights[np.arange(B), index]), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(out.weights, weights, rtol=1e-5, atol=1e-7)
+
+
+def test_hard_attention_samples_with_the_sample_rng():
+  q, k, v = _inputs(4)
+  q = q * 0.1  # flat weights: samples spread over the real positions
+  module = Alignment(score="general", kind="hard")
+  variables = module.init(jax.random.key(0), q, k, v, MASK)
+  with pytest.raises(Exception, match="sample"):  # training mode needs an rng
+    module.apply(variables, q, k, v, MASK, deterministic=False)
+
+  sample = jax.jit(jax.vmap(lambda key: module.apply(
+      variables, q, k, v, MASK, deterministic=False, rngs={"sample": key})))
+  out = sample(jax.random.split(jax.random.key(1), 200))
+  index = np.asarray(out.index)  # [samples, batch]
+  assert np.all(index < LENGTHS[None, :])  # never a pad
+  assert len(np.unique(index[:, 0])) > 1  # sampled, not the argmax
+  np.testing.assert_allclose(out.context, v[np.arange(B)[None, :], index], rtol=1e-6)
+  picked = np.take_along_axis(np.asarray(out.weights), index[..., None], -1)[..., 0]
+  np.testing.assert_allclose(out.log_prob, np.log(picked), rtol=1e-5, atol=1e-6)
+
+  # The context carries no gradient to the scores; log_prob does (REINFORCE).
+  params = nn.unbox(variables)["params"]
+  grad = lambda f: jax.grad(lambda p: jnp.sum(f(module.apply(
+      {"params": p}, q, k, v, MASK, deterministic=False,
+      rngs={"sample": jax.random.key(2)}))))(params)["w"]
+  assert np.all(grad(lambda o: o.context) == 0.0)
+  assert np.abs(grad(lambda o: o.log_prob)).max() > 0
+
+
+def test_errors_name_the_field():
+  q, k, v = _inputs()
+  with pytest.raises(ValueError, match="kind='global'.*soft, local, hard"):
+    Alignment(kind="global").init(jax.random.key(0), q, k, v, MASK)
+  with pytest.raises(ValueError, match="unknown score function 'bilinear'"):
+    Alignment(score="bilinear").init(jax.random.key(0), q, k, v, MASK)
+  with pytest.raises(ValueError, match="query size 6 must equal key size 4"):
+    Alignment(score="dot").init(jax.random.key(0), q, k[..., :4], v, MASK)
