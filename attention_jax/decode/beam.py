@@ -61,7 +61,9 @@ def beam_search(step_fn: StepFn, state: Any, batch: int, *, beam_size: int, bos_
 
   Returns:
     sequences int `[batch, beam_size, max_len]` (EOS included, then pads), best
-    first, and their scores `[batch, beam_size]` (log p / lp(length)).
+    first, and their scores `[batch, beam_size]` (log p / lp(length)). Where
+    fewer than `beam_size` hypotheses finished, sequences cut at `max_len`
+    take the remaining places.
   """
   k = beam_size
   state = repeat_for_beams(state, k)
@@ -108,10 +110,9 @@ def beam_search(step_fn: StepFn, state: Any, batch: int, *, beam_size: int, bos_
     return t + 1, last, alive_seq, new_logp, done_seq, done_score, state
 
   carry = (0, last, alive_seq, alive_logp, done_seq, done_score, state)
-  _, _, alive_seq, alive_logp, done_seq, done_score, _ = lax.while_loop(cond, body, carry)
-  # Entries that finished nothing fall back on their alive hypotheses.
-  alive_score = alive_logp / length_penalty(jnp.float32(max_len), alpha)
-  none_done = jnp.all(done_score <= _NEG / 2, axis=1)
-  sequences = jnp.where(none_done[:, None, None], alive_seq, done_seq)
-  scores = jnp.where(none_done[:, None], alive_score, done_score)
-  return sequences, scores
+  t, _, alive_seq, alive_logp, done_seq, done_score, _ = lax.while_loop(cond, body, carry)
+  # Unfinished hypotheses fill the places finished ones leave empty. When the loop
+  # stopped early they rank below every finished one (their bound did), else t = max_len.
+  alive_score = alive_logp / length_penalty(jnp.asarray(t, jnp.float32), alpha)
+  scores, keep = lax.top_k(jnp.concatenate([done_score, alive_score], axis=1), k)
+  return _take(jnp.concatenate([done_seq, alive_seq], axis=1), keep), scores

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax.attention import masks
+from attention_jax.layers.common import dense
 
 Array = jax.Array
 Carry = Any  # Array (GRU) or tuple (c, h) (LSTM)
@@ -72,11 +73,8 @@ def _stacked_init(init: Callable, gates: int) -> Callable:
 def input_projection(cell: str, features: int, dtype, param_dtype, name: str | None = None,
                      use_bias: bool = True) -> nn.Dense:
   """The input half of a cell: x -> W_i x + b, all gates at once `[..., gates * hidden]`."""
-  return nn.Dense(
-      NUM_GATES[cell] * features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "gates")),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("gates",)),
-      name=name)
+  return dense(NUM_GATES[cell] * features, ("embed", "gates"), dtype=dtype,
+               param_dtype=param_dtype, name=name, use_bias=use_bias)
 
 
 class GRUStep(nn.Module):

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attention_jax.layers.common import dense
 from attention_jax.layers.multihead import KVCache, MultiHeadAttention
 
 Array = jax.Array
@@ -56,12 +57,6 @@ class AddPositions(nn.Module):
     return x + jnp.take(table, positions, axis=0).astype(x.dtype)
 
 
-def _dense(features: int, axes: tuple[str, str], dtype, param_dtype, name: str) -> nn.Dense:
-  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]))
-
-
 class FeedForward(nn.Module):
   """Position-wise max(0, x W1 + b1) W2 + b2 (ReLU, or GELU)."""
   d_ff: int  # hidden size
@@ -73,10 +68,12 @@ class FeedForward(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    h = self.activation(_dense(self.d_ff, ("embed", "mlp"), self.dtype, self.param_dtype, "wi")(x))
+    h = self.activation(dense(self.d_ff, ("embed", "mlp"), dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="wi")(x))
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))  # [batch, length, d_ff]
     h = nn.Dropout(self.dropout_rate)(h, deterministic=self.deterministic)
-    return _dense(x.shape[-1], ("mlp", "embed"), self.dtype, self.param_dtype, "wo")(h)
+    return dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="wo")(h)
 
 
 class BranchedAttention(nn.Module):

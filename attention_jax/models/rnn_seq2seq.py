@@ -44,6 +44,7 @@ import jax.numpy as jnp
 
 from attention_jax.attention import masks, scores
 from attention_jax.layers import alignment, recurrent
+from attention_jax.layers.common import dense
 
 Array = jax.Array
 
@@ -54,14 +55,6 @@ _ALIGNMENT_KIND = {"bahdanau": "soft", "luong": "soft", "local": "local", "hard"
 def _check(owner: str, value: str, known) -> None:
   if value not in known:
     raise ValueError(f"{owner}={value!r} is unknown; known: {', '.join(known)}")
-
-
-def _dense(features: int, axes: tuple[str, str], dtype, param_dtype, name: str,
-           use_bias: bool = True) -> nn.Dense:
-  return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]))
 
 
 class RNNSeq2Seq(nn.Module):
@@ -109,21 +102,22 @@ class RNNSeq2Seq(nn.Module):
     self.decoder = recurrent.StackedCells(
         self.cell, self.hidden_dim, self.num_layers, self.dropout_rate, self.dtype,
         self.param_dtype)
-    dense = lambda features, axes, name, use_bias=True: _dense(
-        features, axes, self.dtype, self.param_dtype, name, use_bias)
-    self.bridge_h = [dense(self.hidden_dim, ("memory", "hidden"), f"bridge_h_{i}")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.bridge_h = [dense(self.hidden_dim, ("memory", "hidden"), name=f"bridge_h_{i}", **kw)
                      for i in range(self.num_layers)]
     if self.cell == "lstm":
-      self.bridge_c = [dense(self.hidden_dim, ("memory", "hidden"), f"bridge_c_{i}")
+      self.bridge_c = [dense(self.hidden_dim, ("memory", "hidden"), name=f"bridge_c_{i}", **kw)
                        for i in range(self.num_layers)]
     if self.attention != "none":
       if self.bidirectional:  # the scores compare decoder states with hidden_dim-sized keys
-        self.memory_proj = dense(self.hidden_dim, ("memory", "hidden"), "memory_proj", False)
+        self.memory_proj = dense(self.hidden_dim, ("memory", "hidden"), name="memory_proj",
+                                 use_bias=False, **kw)
       self.align = alignment.Alignment(
           self.score, _ALIGNMENT_KIND[self.attention], self.attention_dim, self.max_len,
           self.window, self.temperature, self.dtype, self.param_dtype)
-      self.combine = dense(self.hidden_dim, ("memory", "hidden"), "combine", False)
-    self.readout = dense(self.vocab_size, ("hidden", "vocab"), "readout")
+      self.combine = dense(self.hidden_dim, ("memory", "hidden"), name="combine", use_bias=False,
+                           **kw)
+    self.readout = dense(self.vocab_size, ("hidden", "vocab"), name="readout", **kw)
     self.dropout = nn.Dropout(self.dropout_rate)
 
   # ---- encoder side ----

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_jax.attention import masks
+from attention_jax.layers.common import dense
 from attention_jax.layers.transformer import AddPositions, TransformerStack
 
 Array = jax.Array
@@ -97,9 +98,8 @@ class _TransformerBase(nn.Module):
     """The untied output projection (None when tied to the target embedding)."""
     if self.tie_output:
       return None
-    return nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=nn.with_logical_partitioning(
-                        nn.initializers.lecun_normal(), ("embed", "vocab")))
+    return dense(self.vocab_size, ("embed", "vocab"), dtype=self.dtype,
+                 param_dtype=self.param_dtype)
 
   def _project(self, x: Array, embed: _Embed) -> Array:
     out = embed.attend(x) if self.tie_output else self.output(x)

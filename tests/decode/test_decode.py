@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from attention_jax.decode import beam_search, greedy, sample
+from attention_jax.models.rnn_seq2seq import RNNSeq2Seq
 from attention_jax.models.transformer import EncoderDecoderTransformer
 
 BOS, EOS, V = 1, 2, 5
@@ -87,13 +88,18 @@ def test_beam_of_one_is_greedy(seed):
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6])
 def test_wide_beam_finds_the_brute_force_best_and_scores_are_exact(alpha):
-  """A beam wider than all V^max_len continuations keeps every hypothesis, so it is exact."""
+  """A beam wider than all V^max_len continuations keeps every hypothesis, so it is exact.
+
+  The final hypotheses are those ending in EOS and those cut at max_len.
+  """
   table, step = _stateful_model(7)
   max_len = 3
+  words = [t for t in range(V) if t != EOS]
   finished = [list(body) + [EOS] for n in range(max_len)
-              for body in itertools.product([t for t in range(V) if t != EOS], repeat=n)]
+              for body in itertools.product(words, repeat=n)]
+  cut = [list(seq) for seq in itertools.product(words, repeat=max_len)]
   score = lambda seq: _np_logprob(table, seq) / ((5 + len(seq)) / 6) ** alpha
-  ranked = sorted(finished, key=score, reverse=True)
+  ranked = sorted(finished + cut, key=score, reverse=True)
   seqs, scores = beam_search(step, _init(1), 1, beam_size=V ** max_len, bos_id=BOS, eos_id=EOS,
                              max_len=max_len, alpha=alpha)
   for rank in range(5):  # the five best, in order, with their exact scores
@@ -121,10 +127,25 @@ def test_beam_beats_greedy_on_a_hand_built_model():
   np.testing.assert_allclose(scores[0, 0], np.log(0.36), rtol=1e-4)
 
 
-def test_transformer_greedy_is_consistent_with_teacher_forcing():
-  """Feeding greedy's own output back as targets, the full forward's argmax reproduces it."""
-  model = EncoderDecoderTransformer(vocab_size=9, d_model=16, num_heads=2, d_ff=32,
-                                    num_layers=2, max_len=12, dropout_rate=0.0)
+MODELS = {
+    "transformer": lambda: EncoderDecoderTransformer(
+        vocab_size=9, d_model=16, num_heads=2, d_ff=32, num_layers=2, max_len=12,
+        dropout_rate=0.0),
+    "rnn bahdanau": lambda: RNNSeq2Seq(vocab_size=9, attention="bahdanau", score="additive",
+                                       cell="gru", hidden_dim=16, src_embed_dim=8,
+                                       tgt_embed_dim=8),
+    "rnn luong bidirectional": lambda: RNNSeq2Seq(vocab_size=9, attention="luong", score="dot",
+                                                  bidirectional=True, hidden_dim=16,
+                                                  src_embed_dim=8, tgt_embed_dim=8),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_greedy_and_beam_on_models_are_consistent_with_teacher_forcing(kind):
+  """Feeding greedy's own output back as targets, the full forward's argmax reproduces it;
+  beam search of width 1 gives the same sequences, and a wider beam's scores equal the
+  teacher-forced log-probabilities of its sequences (so the state follows its beams)."""
+  model = MODELS[kind]()
   inputs = jnp.array([[3, 4, 5, 6], [7, 8, 0, 0]])
   lengths = jnp.array([4, 2])
   variables = model.init(jax.random.key(0), inputs, lengths, inputs)
@@ -134,9 +155,20 @@ def test_transformer_greedy_is_consistent_with_teacher_forcing():
   out = jax.jit(lambda s: greedy(step, s, 2, bos_id=BOS, eos_id=EOS, max_len=10))(state)
   targets_in = jnp.concatenate([jnp.full((2, 1), BOS), out[:, :-1]], axis=1)
   argmax = jnp.argmax(model.apply(variables, inputs, lengths, targets_in), axis=-1)
+  length = lambda seq: int(np.argmax(seq == EOS)) + 1 if (seq == EOS).any() else len(seq)
   for b in range(2):
-    n = int(np.argmax(np.asarray(out[b]) == EOS)) + 1 if (out[b] == EOS).any() else 10
+    n = length(np.asarray(out[b]))
     np.testing.assert_array_equal(argmax[b, :n], out[b, :n])
   beam1, _ = beam_search(step, state, 2, beam_size=1, bos_id=BOS, eos_id=EOS, max_len=10,
                          alpha=0.0)
   np.testing.assert_array_equal(beam1[:, 0], out)
+  seqs, scores = jax.jit(lambda s: beam_search(step, s, 2, beam_size=3, bos_id=BOS, eos_id=EOS,
+                                               max_len=6, alpha=0.6))(state)
+  for beam in range(3):
+    targets_in = jnp.concatenate([jnp.full((2, 1), BOS), seqs[:, beam, :-1]], axis=1)
+    logp = jax.nn.log_softmax(model.apply(variables, inputs, lengths, targets_in))
+    for b in range(2):
+      seq = np.asarray(seqs[b, beam])
+      n = length(seq)
+      total = sum(float(logp[b, t, seq[t]]) for t in range(n))
+      np.testing.assert_allclose(scores[b, beam], total / ((5 + n) / 6) ** 0.6, rtol=1e-4)
