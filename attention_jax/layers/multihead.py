@@ -39,6 +39,38 @@ def _write(cache: Array, new: Array, index: Array) -> Array:
       cache, new.astype(cache.dtype), index)
 
 
+class HeadsDense(nn.Module):
+  """x [..., d_in] -> [..., heads, head_dim] (split) or [..., heads, head_dim] -> [..., d_out] (merge).
+
+  Parameters are kept in their multi-axis shapes with logical names on every
+  axis (nn.DenseGeneral flattens kernels inside its initialiser, which drops
+  the per-axis partitioning), and the fan-in of the init counts only inputs.
+  """
+  features: tuple[int, ...]  # output axes: (heads, head_dim) to split, (d_out,) to merge
+  in_names: tuple[str, ...]  # logical names of the contracted input axes
+  out_names: tuple[str, ...]  # logical names of the output axes
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    n_in, n_out = len(self.in_names), len(self.features)
+    shape = x.shape[-n_in:] + tuple(self.features)
+    init = nn.initializers.lecun_normal(in_axis=tuple(range(n_in)),
+                                        out_axis=tuple(range(n_in, n_in + n_out)))
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        init, self.in_names + self.out_names), shape, self.param_dtype)
+    x, kernel = jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype)
+    y = jax.lax.dot_general(x, kernel, ((tuple(range(x.ndim - n_in, x.ndim)),
+                                         tuple(range(n_in))), ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(
+          nn.initializers.zeros_init(), self.out_names), tuple(self.features), self.param_dtype)
+      y = y + jnp.asarray(bias, self.dtype)
+    return y
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head attention over BTNH projections."""
   num_heads: int  # query heads
@@ -51,7 +83,6 @@ class MultiHeadAttention(nn.Module):
   project_out: bool = True  # False: return the heads [batch, q_len, heads, head_dim] unprojected
   dtype: Any = jnp.float32  # compute dtype
   param_dtype: Any = jnp.float32  # parameter storage dtype
-  kernel_init: Any = nn.initializers.lecun_normal()
 
   @property
   def kv_heads(self) -> int:
@@ -65,12 +96,8 @@ class MultiHeadAttention(nn.Module):
                    jnp.zeros((batch,), jnp.int32))
 
   def _project(self, x: Array, heads: int, name: str) -> Array:
-    dense = nn.DenseGeneral(
-        features=(heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=name,
-        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "heads", "kv")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("heads", "kv")))
-    y = dense(x)  # [batch, length, heads, head_dim]
+    y = HeadsDense((heads, self.head_dim), ("embed",), ("heads", "kv"), self.use_bias,
+                   self.dtype, self.param_dtype, name=name)(x)  # [batch, length, heads, head_dim]
     return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
   @nn.compact
@@ -139,9 +166,6 @@ class MultiHeadAttention(nn.Module):
     if not self.project_out:
       return out, cache
     features = self.out_features or inputs_q.shape[-1]
-    out = nn.DenseGeneral(
-        features=features, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, name="out",
-        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("heads", "kv", "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))(out)
+    out = HeadsDense((features,), ("heads", "kv"), ("embed",), self.use_bias, self.dtype,
+                     self.param_dtype, name="out")(out)
     return out, cache  # [batch, q_len, features]

@@ -1,0 +1,1 @@
+"""Training: optimizer, pure sharded steps, mesh and shardings."""
