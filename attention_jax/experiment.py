@@ -1,0 +1,88 @@
+"""Shared pieces of the experiment configs in `experiments/`.
+
+An experiment file defines `get_config(arg=None)`: it starts from
+`base_config()`, sets its own defaults, and applies `parse_arg(arg, defaults)`,
+where `arg` is the `key=value,...` after the colon in
+`--config=experiments/<name>.py:key=value,...`. `smoke=True` shrinks any
+config to a few steps of a tiny model (seconds on a CPU).
+"""
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = ml_collections.ConfigDict(dict(
+      name="cmudict_g2p/stress",  # see attention_jax/data/registry.py
+      data_dir=config_dict.placeholder(str),  # None: $ATTENTION_JAX_DATA_DIR or ~/tensorflow_datasets
+      manual_dir=config_dict.placeholder(str),  # raw files a builder cannot fetch (FreeDict)
+      batch_size=64,  # global batch (split over the 'data' mesh axis and processes)
+      eval_batch_size=256,
+      eval_split="dev",
+      max_eval_examples=1000,  # decoded eval examples (0: the whole split)
+  ))
+  c.model = ml_collections.ConfigDict(dict(name="rnn_seq2seq"))  # vocab sizes come from the data
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw", learning_rate=3e-3, warmup_steps=200, schedule="rsqrt", b1=0.9, b2=0.98,
+      weight_decay=0.0, grad_clip_norm=1.0))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=2000,
+      label_smoothing=0.0,
+      log_every=50,
+      eval_every=500,
+      checkpoint_every=500,
+      keep_checkpoints=3,
+      mesh_shape=(-1, 1),  # (data, model); -1 takes the remaining devices
+      decode="greedy",  # 'greedy' or 'beam'
+      beam_size=4,
+      beam_alpha=0.6,
+      heatmap_examples=4,  # eval examples drawn as attention heatmaps at each evaluation
+      print_examples=3,
+  ))
+  return c
+
+
+def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
+  """'a=1,b=x' -> {'a': 1, 'b': 'x'} over `defaults`, typed like the defaults.
+
+  Raises a ValueError naming an unknown key or a malformed item.
+  """
+  values = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, text = item.partition("=")
+    if not sep:
+      raise ValueError(f"config argument {item!r} is not key=value")
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: {', '.join(defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      if text not in ("True", "False", "true", "false", "1", "0"):
+        raise ValueError(f"config argument {key}={text!r} is not a bool")
+      values[key] = text in ("True", "true", "1")
+    elif isinstance(default, (int, float)):
+      try:
+        values[key] = type(default)(ast.literal_eval(text))
+      except (ValueError, SyntaxError):
+        raise ValueError(f"config argument {key}={text!r} is not a {type(default).__name__}") from None
+    else:
+      values[key] = text
+  return values
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A few steps of a tiny model: checks the whole path in seconds."""
+  c.data.batch_size, c.data.eval_batch_size, c.data.max_eval_examples = 16, 32, 32
+  c.train.update(steps=6, log_every=2, eval_every=3, checkpoint_every=3, heatmap_examples=2,
+                 print_examples=1)
+  c.optim.warmup_steps = 2
+  for key, value in dict(hidden_dim=16, src_embed_dim=8, tgt_embed_dim=8, d_model=16,
+                         d_ff=32, num_layers=1, num_heads=2).items():
+    if key in c.model:
+      c.model[key] = value
+  return c

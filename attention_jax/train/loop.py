@@ -1,0 +1,195 @@
+"""The training loop: validate, build, resume, train, evaluate, checkpoint, report.
+
+Outputs in the workdir: `config.json`, `metrics.jsonl`, `tensorboard/`,
+`checkpoints/`, `attention/step_<N>/*.png` and, at the end, `result.json`.
+Rerunning the same command resumes from the latest checkpoint (data position
+included) and reaches the same parameters as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from attention_jax import data
+from attention_jax.data import pipeline as data_pipeline
+from attention_jax.models.registry import build_model
+from attention_jax.train import checkpoint, evaluation, metrics as metrics_lib, optim
+from attention_jax.train import partition, setup
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the key."""
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced a NaN or infinity."""
+
+
+def _dummy_batch(batch_size: int, length: int = 8) -> dict:
+  ids = np.full((batch_size, length), 4, np.int32)
+  return {"inputs": ids, "input_lengths": np.full((batch_size,), length, np.int32),
+          "decoder_inputs": ids, "targets": ids,
+          "target_lengths": np.full((batch_size,), length, np.int32),
+          "weights": np.ones((batch_size,), np.float32)}
+
+
+def validate(config) -> None:
+  """Every check that needs no data and writes nothing; raises ConfigError naming the key."""
+  try:
+    data.registry.parse_name(config.data.name)
+  except data.DataError as e:
+    raise ConfigError(f"data.name={config.data.name!r}: {e}") from None
+  if config.train.decode not in ("greedy", "beam"):
+    raise ConfigError(f"train.decode={config.train.decode!r} is unknown; known: greedy, beam")
+  for key in ("batch_size", "eval_batch_size"):
+    if config.data[key] < 1:
+      raise ConfigError(f"data.{key} must be positive, got {config.data[key]}")
+  try:
+    optim.make_optimizer(config.optim, config.train.steps)
+    mesh = partition.make_mesh(config.train.mesh_shape)
+    if config.data.batch_size % mesh.shape["data"]:
+      raise ConfigError(f"data.batch_size={config.data.batch_size} is not a multiple of the "
+                        f"{mesh.shape['data']} devices on the mesh's data axis")
+    model = build_model(dict(config.model, vocab_size=16))
+    jax.eval_shape(lambda: model.init(jax.random.key(0), *_model_args(_dummy_batch(2))))
+  except ConfigError:
+    raise
+  except (ValueError, TypeError) as e:
+    raise ConfigError(str(e)) from None
+
+
+def _model_args(batch: dict) -> tuple:
+  return batch["inputs"], batch["input_lengths"], batch["decoder_inputs"]
+
+
+def _write_json(path: str, value) -> None:
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
+  with os.fdopen(fd, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True, default=str)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _prepare_workdir(workdir: str, config_json: str) -> None:
+  """Create the workdir; refuse one that holds a different run."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = tempfile.NamedTemporaryFile(dir=workdir)
+    probe.close()
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      if json.load(f) != json.loads(config_json):
+        raise ConfigError(f"workdir {workdir!r} holds a run of another config "
+                          f"(see {path}); use a new --workdir")
+  else:
+    _write_json(path, json.loads(config_json))
+
+
+def _git_commit() -> str | None:
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(__file__), check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs (or resumes) the experiment; returns the contents of `result.json`."""
+  start_time = time.perf_counter()
+  validate(config)
+  dataset = data.get_dataset(config.data.name, data_dir=config.data.data_dir,
+                             manual_dir=config.data.manual_dir)
+  model_config = dict(config.model, vocab_size=dataset.target_vocab.size)
+  if config.model.name != "lm":
+    model_config["src_vocab_size"] = dataset.input_vocab.size
+  model = build_model(model_config)
+  config_json = config.to_json_best_effort(sort_keys=True)
+  _prepare_workdir(workdir, config_json)
+
+  mesh = partition.make_mesh(config.train.mesh_shape)
+  tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
+  local_batch = config.data.batch_size // jax.process_count()
+  train_iter = iter(data_pipeline.make_pipeline(dataset, "train", batch_size=local_batch,
+                                                seed=config.seed))
+  rng = jax.random.key(config.seed)
+  state, shardings = setup.create_state(model, tx, rng, _dummy_batch(local_batch), mesh)
+  ckpt = checkpoint.Checkpoints(workdir, config.train.checkpoint_every,
+                                config.train.keep_checkpoints)
+  step = 0
+  if ckpt.latest_step() is not None:
+    state, data_state, step = ckpt.restore(state)
+    train_iter.set_state(data_state)
+    print(f"resumed from {workdir}/checkpoints at step {step}", flush=True)
+    result_path = os.path.join(workdir, "result.json")
+    if step >= config.train.steps and os.path.exists(result_path):
+      print(f"already finished: {result_path}", flush=True)
+      with open(result_path) as f:
+        return json.load(f)
+  train_step, eval_step = setup.jit_steps(shardings, mesh,
+                                          label_smoothing=config.train.label_smoothing,
+                                          schedule=schedule)
+  num_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
+
+  stop = {"sigterm": False}
+  previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+  writer = metrics_lib.MetricWriter(workdir)
+  progress = metrics_lib.Progress(step, config.train.steps, config.train.log_every)
+  history, heatmap_dir = [], None
+  window_time, window_steps, window_tokens = time.perf_counter(), 0, 0.0
+  try:
+    while step < config.train.steps and not stop["sigterm"]:
+      batch = next(train_iter)
+      with partition.activate(mesh):
+        new_state, metrics = train_step(state, partition.shard_batch(batch, mesh), rng)
+      metrics = {k: float(v) for k, v in metrics.items()}
+      bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+      if bad:
+        raise NonFiniteError(
+            f"non-finite {', '.join(bad)} at step {step + 1} (loss {metrics['loss']}); "
+            f"the last good checkpoint is step {ckpt.latest_step()} in {workdir}/checkpoints")
+      state, step = new_state, step + 1
+      window_steps, window_tokens = window_steps + 1, window_tokens + metrics.pop("tokens")
+      if step % config.train.log_every == 0 or step == config.train.steps:
+        elapsed = time.perf_counter() - window_time
+        metrics.update(steps_per_s=window_steps / elapsed, tokens_per_s=window_tokens / elapsed)
+        writer.write(step, "train", metrics)
+        window_time, window_steps, window_tokens = time.perf_counter(), 0, 0.0
+      progress.update(step, metrics)
+      if step % config.train.eval_every == 0 or step == config.train.steps:
+        scores, heatmap_dir = evaluation.run(state, model, dataset, config, mesh, eval_step, step,
+                                             workdir, writer, progress)
+        writer.write(step, "eval", scores)
+        history.append((step, scores))
+        progress.write(f"eval step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+      ckpt.save(step, state, train_iter.get_state())
+    ckpt.save(step, state, train_iter.get_state(), force=True)
+    ckpt.wait()
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+    progress.close()
+    writer.close()
+    ckpt.close()
+  if stop["sigterm"]:
+    print(f"SIGTERM: saved step {step} to {workdir}/checkpoints; rerun to resume", flush=True)
+    return {}
+
+  key = "wer" if history and "wer" in history[-1][1] else "loss"
+  best_step, best = min(history, key=lambda h: h[1][key]) if history else (None, {})
+  result = {"final": history[-1][1] if history else {}, "best": best, "best_step": best_step,
+            "best_by": key, "step": step, "num_params": num_params,
+            "wall_time_s": time.perf_counter() - start_time, "seed": config.seed,
+            "config_hash": hashlib.sha256(config_json.encode()).hexdigest()[:16],
+            "git_commit": _git_commit(), "heatmaps": heatmap_dir}
+  _write_json(os.path.join(workdir, "result.json"), result)
+  return result

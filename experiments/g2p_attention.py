@@ -1,0 +1,35 @@
+r"""Grapheme-to-phoneme on CMUdict with an attention RNN encoder-decoder (the default experiment).
+
+    python -m attention_jax.main --config=experiments/g2p_attention.py --workdir=runs/g2p
+    python -m attention_jax.main --config=experiments/g2p_attention.py:attention=bahdanau,score=additive \
+        --workdir=runs/g2p_bahdanau --config.train.steps=5000
+    python -m attention_jax.main --config=experiments/g2p_attention.py:smoke=True --workdir=/tmp/smoke
+
+Arguments (after the colon): attention, score, cell, stress, smoke.
+"""
+from attention_jax import experiment
+
+DEFAULTS = dict(attention="luong", score="general", cell="lstm", stress=True, smoke=False)
+
+
+def get_config(arg=None):
+  args = experiment.parse_arg(arg, DEFAULTS)
+  c = experiment.base_config()
+  c.data.name = "cmudict_g2p/" + ("stress" if args["stress"] else "no_stress")
+  c.model.update(dict(
+      attention=args["attention"], score=args["score"], cell=args["cell"], bidirectional=True,
+      src_embed_dim=64, tgt_embed_dim=64, hidden_dim=128, dropout_rate=0.1, max_len=48))
+  c.train.steps = 1500
+  if args["smoke"]:
+    experiment.apply_smoke(c)
+  return c
+
+
+def sweep(add):
+  """No attention vs every attention kind and score (Bahdanau, Luong, Xu et al.)."""
+  add(attention="none")
+  add(attention="bahdanau", score="additive")
+  for score in ("dot", "general", "additive", "location", "cosine", "pearson"):
+    add(attention="luong", score=score)
+  add(attention="local", score="general")
+  add(attention="hard", score="general")
