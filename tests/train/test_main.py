@@ -1,0 +1,123 @@
+"""The command line end to end: smoke configs, bad input, NaN, and exact resume after kills."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
+COPY = ["--config.data.name=algorithmic/copy", "--config.data.max_eval_examples=16"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+def _command(config, workdir, *flags):
+  return [sys.executable, "-m", "attention_jax.main", f"--config={config}",
+          f"--workdir={workdir}", *flags]
+
+
+def _env(data_dir):
+  return dict(os.environ, ATTENTION_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
+
+
+def _run(data_dir, *args, **kwargs):
+  return subprocess.run(_command(*args), capture_output=True, text=True, cwd=ROOT,
+                        env=_env(data_dir), timeout=600, **kwargs)
+
+
+def _params(workdir):
+  step = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return step, ocp.StandardCheckpointer().restore(path)["params"]
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=os.path.basename)
+def test_smoke_config_trains_evaluates_and_draws(config, data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  proc = _run(data_dir, f"{config}:smoke=True", workdir, "--config.train.steps=2",
+              "--config.train.eval_every=2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"results: {workdir}/result.json" in proc.stdout
+  result = json.loads((workdir / "result.json").read_text())
+  assert result["step"] == 2 and np.isfinite(result["final"]["loss"])
+  pngs = sorted((workdir / "attention" / "step_2").glob("*.png"))
+  assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {"l2_grads", "l2_params", "learning_rate", "steps_per_s", "tokens_per_s"} <= set(rows[0])
+  assert glob.glob(str(workdir / "tensorboard" / "events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.model.attention=bogus", "RNNSeq2Seq.attention='bogus' is unknown"),
+    ("--config.data.name=nosuch", "data.name='nosuch'"),
+    ("--config.train.mesh_shape=(3,1)", "mesh_shape (3, 1) needs 3 devices"),
+])
+def test_bad_config_exits_2_before_writing(flag, message, data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  proc = _run(data_dir, f"{EXPERIMENTS[0]}:smoke=True", workdir, flag)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert message in proc.stderr
+  assert not workdir.exists()
+
+
+def test_misspelt_override_fails_naming_the_key(data_dir, tmp_path):
+  proc = _run(data_dir, f"{EXPERIMENTS[0]}:smoke=True", tmp_path / "run",
+              "--config.train.stepz=3")
+  assert proc.returncode != 0 and "stepz" in proc.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_good_checkpoints(data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  proc = _run(data_dir, f"{EXPERIMENTS[0]}:smoke=True", workdir, *COPY,
+              "--config.optim.learning_rate=1e30", "--config.train.checkpoint_every=1")
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert "non-finite" in proc.stderr and "at step" in proc.stderr
+  for path in glob.glob(str(workdir / "checkpoints" / "*")):
+    params = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))["params"]
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(params))
+
+
+def _wait_for(path, proc, timeout=300):
+  """Until `path` exists (the run reached that point) or the process ends."""
+  deadline = time.monotonic() + timeout
+  while not os.path.exists(path):
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    assert time.monotonic() < deadline, f"{path} never appeared"
+    time.sleep(0.2)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_interrupted_run_resumes_to_the_same_parameters(sig, data_dir, tmp_path):
+  flags = [*COPY, "--config.train.steps=8", "--config.train.checkpoint_every=2",
+           "--config.train.eval_every=8", "--config.model.dropout_rate=0.1"]
+  config = f"{EXPERIMENTS[0]}:smoke=True"
+  straight = tmp_path / "straight"
+  assert _run(data_dir, config, straight, *flags).returncode == 0
+  interrupted = tmp_path / "interrupted"
+  proc = subprocess.Popen(_command(config, interrupted, *flags), cwd=ROOT, env=_env(data_dir),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for(interrupted / "checkpoints" / "2" / "commit_success.txt", proc)
+  proc.send_signal(sig)
+  out, _ = proc.communicate(timeout=300)
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 0 and "SIGTERM: saved step" in out
+  assert not (interrupted / "result.json").exists()
+  resumed = _run(data_dir, config, interrupted, *flags)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resumed from" in resumed.stdout
+  (step_a, a), (step_b, b) = _params(straight), _params(interrupted)
+  assert step_a == step_b == 8
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
