@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Reinstall when the package metadata changes; the stamp records the last install.
 STAMP := $(VENV)/.installed
-WORKDIR ?= runs/default
+WORKDIR ?= runs/g2p_attention
 
 .PHONY: train test bench clean
 
@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The default experiment: an attention RNN on CMUdict G2P. Rerunning resumes (or reports).
 train: $(STAMP)
-	$(PY) -m attention_jax.demo --workdir=$(WORKDIR)
+	$(PY) -m attention_jax.main --config=experiments/g2p_attention.py --workdir=$(WORKDIR)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -19,7 +19,7 @@ def get_config(arg=None):
   c.model.update(dict(
       attention=args["attention"], score=args["score"], cell=args["cell"], bidirectional=True,
       src_embed_dim=64, tgt_embed_dim=64, hidden_dim=128, dropout_rate=0.1, max_len=48))
-  c.train.steps = 1500
+  c.train.steps = 3000  # about 5 minutes on 2 CPU cores
   if args["smoke"]:
     experiment.apply_smoke(c)
   return c

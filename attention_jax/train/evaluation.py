@@ -47,7 +47,7 @@ def heatmaps_at(state, model, dataset, batch: dict, n: int, out_dir: str, writer
                          rows["decoder_inputs"], mutable=["intermediates"])
   sources = [_tokens(dataset.input_vocab, r) for r in rows["inputs"]]
   targets = [_tokens(dataset.target_vocab, r) for r in rows["targets"]]
-  figures = heatmaps.example_figures(inter, sources, targets, dpi=70,
+  figures = heatmaps.example_figures(inter, sources, targets,
                                      decoder_input_tokens=[["<s>"] + t[:-1] for t in targets])
   paths = []
   for stem, fig in figures.items():
