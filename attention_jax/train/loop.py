@@ -47,6 +47,9 @@ def validate(config) -> None:
     data.registry.parse_name(config.data.name)
   except data.DataError as e:
     raise ConfigError(f"data.name={config.data.name!r}: {e}") from None
+  if config.model.name == "lm":
+    raise ConfigError("model.name='lm': the trainer reads source/target pairs; the decoder-only "
+                      "LM has no data pipeline yet")
   if config.train.decode not in ("greedy", "beam"):
     raise ConfigError(f"train.decode={config.train.decode!r} is unknown; known: greedy, beam")
   for key in ("batch_size", "eval_batch_size"):
@@ -146,6 +149,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer = metrics_lib.MetricWriter(workdir)
   progress = metrics_lib.Progress(step, config.train.steps, config.train.log_every)
   history, heatmap_dir = [], None
+
+  def evaluate_now():
+    nonlocal heatmap_dir
+    scores, heatmap_dir = evaluation.run(state, model, dataset, config, mesh, eval_step, step,
+                                         workdir, writer, progress)
+    writer.write(step, "eval", scores)
+    history.append((step, scores))
+    progress.write(f"eval step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+
   window_time, window_steps, window_tokens = time.perf_counter(), 0, 0.0
   try:
     while step < config.train.steps and not stop["sigterm"]:
@@ -167,14 +179,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         window_time, window_steps, window_tokens = time.perf_counter(), 0, 0.0
       progress.update(step, metrics)
       if step % config.train.eval_every == 0 or step == config.train.steps:
-        scores, heatmap_dir = evaluation.run(state, model, dataset, config, mesh, eval_step, step,
-                                             workdir, writer, progress)
-        writer.write(step, "eval", scores)
-        history.append((step, scores))
-        progress.write(f"eval step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        evaluate_now()
       ckpt.save(step, state, train_iter.get_state())
     ckpt.save(step, state, train_iter.get_state(), force=True)
     ckpt.wait()
+    if not history and not stop["sigterm"]:  # resumed at the last step: evaluate it once
+      evaluate_now()
   finally:
     signal.signal(signal.SIGTERM, previous)
     progress.close()
