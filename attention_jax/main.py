@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from attention_jax.data import DataError
-from attention_jax.train import loop
+from attention_jax.train import distributed, loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. experiments/g2p_attention.py:smoke=True.",
@@ -25,6 +25,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # absl's INFO lines would bury the progress output
+  distributed.initialize()
   try:
     result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (loop.ConfigError, DataError) as e:
