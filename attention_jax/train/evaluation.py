@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from attention_jax import decode, evaluate as scoring
+from attention_jax.evaluate import translation
 from attention_jax.data import pipeline as data_pipeline
 from attention_jax.data.vocab import BOS_ID, EOS_ID
 from attention_jax.train import partition
@@ -90,6 +91,12 @@ def run(state, model, dataset, config, mesh, eval_step, step: int, workdir: str,
                                                 zip(predictions, references)]))
   if dataset.name.startswith("cmudict_g2p"):
     metrics.update(scoring.g2p_scores(predictions, references))
+  elif dataset.name.startswith(("freedict", "wmt")):
+    metrics["bleu"] = translation.bleu(predictions, references)
+  else:  # symbol tasks (algorithmic): edit distance over the vocabulary's tokens
+    split = dataset.target_vocab.split
+    metrics["token_error_rate"] = scoring.phoneme_error_rate(
+        [split(p) for p in predictions], [[split(r) for r in refs] for refs in references])
   for i in range(min(cfg.print_examples, len(predictions))):
     progress.write(f"  {sources[i]!r} -> {predictions[i]!r} (reference {references[i][0]!r})")
   out_dir = None
