@@ -9,6 +9,9 @@ config to a few steps of a tiny model (seconds on a CPU).
 from __future__ import annotations
 
 import ast
+import importlib.util
+import os
+from types import ModuleType
 from typing import Any
 
 import ml_collections
@@ -86,3 +89,14 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if key in c.model:
       c.model[key] = value
   return c
+
+
+def load(path: str) -> ModuleType:
+  """The experiment file at `path` as a module (its get_config, sweep, ...)."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"experiments.{name}", path)
+  if spec is None or not os.path.exists(path):
+    raise ValueError(f"no experiment file at {path!r}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

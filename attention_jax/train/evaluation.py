@@ -46,6 +46,8 @@ def heatmaps_at(state, model, dataset, batch: dict, n: int, out_dir: str, writer
   rows = {k: np.asarray(v)[:n] for k, v in batch.items()}
   _, inter = model.apply({"params": state.params}, rows["inputs"], rows["input_lengths"],
                          rows["decoder_inputs"], mutable=["intermediates"])
+  if not inter:  # a model without attention (the RNN baseline) has nothing to draw
+    return []
   sources = [_tokens(dataset.input_vocab, r) for r in rows["inputs"]]
   targets = [_tokens(dataset.target_vocab, r) for r in rows["targets"]]
   figures = heatmaps.example_figures(inter, sources, targets,
@@ -102,5 +104,6 @@ def run(state, model, dataset, config, mesh, eval_step, step: int, workdir: str,
   out_dir = None
   if cfg.heatmap_examples and first is not None:
     out_dir = os.path.join(workdir, "attention", f"step_{step}")
-    heatmaps_at(state, model, dataset, first, cfg.heatmap_examples, out_dir, writer, step)
+    if not heatmaps_at(state, model, dataset, first, cfg.heatmap_examples, out_dir, writer, step):
+      out_dir = None
   return metrics, out_dir

@@ -1,22 +1,20 @@
 """Trained on reversal, the attention of each output step peaks on the mirrored source position."""
 import os
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from attention_jax import data
+from attention_jax import data, experiment
 from attention_jax.models.registry import build_model
 from attention_jax.train import loop
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "experiments"))
-import g2p_attention  # noqa: E402  (an experiment file: the config under test)
+G2P = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "g2p_attention.py")
 
 
 def test_reverse_task_learns_an_anti_diagonal(tmp_path, monkeypatch):
   monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", str(tmp_path / "data"))
-  config = g2p_attention.get_config("smoke=True,score=general")
+  config = experiment.load(G2P).get_config("smoke=True,score=general")
   config.data.name = "algorithmic/reverse"
   config.data.batch_size, config.data.max_eval_examples = 32, 32
   config.model.update(hidden_dim=32, src_embed_dim=16, tgt_embed_dim=16, dropout_rate=0.0)

@@ -12,8 +12,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from attention_jax import experiment
+from attention_jax.train import loop
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
+G2P = os.path.join(ROOT, "experiments", "g2p_attention.py")
 COPY = ["--config.data.name=algorithmic/copy", "--config.data.max_eval_examples=16"]
 
 
@@ -65,14 +69,14 @@ def test_smoke_config_trains_evaluates_and_draws(config, data_dir, tmp_path):
 ])
 def test_bad_config_exits_2_before_writing(flag, message, data_dir, tmp_path):
   workdir = tmp_path / "run"
-  proc = _run(data_dir, f"{EXPERIMENTS[0]}:smoke=True", workdir, flag)
+  proc = _run(data_dir, f"{G2P}:smoke=True", workdir, flag)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert message in proc.stderr
   assert not workdir.exists()
 
 
 def test_misspelt_override_fails_naming_the_key(data_dir, tmp_path):
-  proc = _run(data_dir, f"{EXPERIMENTS[0]}:smoke=True", tmp_path / "run",
+  proc = _run(data_dir, f"{G2P}:smoke=True", tmp_path / "run",
               "--config.train.stepz=3")
   assert proc.returncode != 0 and "stepz" in proc.stderr
   assert not (tmp_path / "run").exists()
@@ -80,7 +84,7 @@ def test_misspelt_override_fails_naming_the_key(data_dir, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_good_checkpoints(data_dir, tmp_path):
   workdir = tmp_path / "run"
-  proc = _run(data_dir, f"{EXPERIMENTS[0]}:smoke=True", workdir, *COPY,
+  proc = _run(data_dir, f"{G2P}:smoke=True", workdir, *COPY,
               "--config.optim.learning_rate=1e30", "--config.train.checkpoint_every=1")
   assert proc.returncode == 1, proc.stderr[-2000:]
   assert "non-finite" in proc.stderr and "at step" in proc.stderr
@@ -102,7 +106,7 @@ def _wait_for(path, proc, timeout=300):
 def test_interrupted_run_resumes_to_the_same_parameters(sig, data_dir, tmp_path):
   flags = [*COPY, "--config.train.steps=8", "--config.train.checkpoint_every=2",
            "--config.train.eval_every=8", "--config.model.dropout_rate=0.1"]
-  config = f"{EXPERIMENTS[0]}:smoke=True"
+  config = f"{G2P}:smoke=True"
   straight = tmp_path / "straight"
   assert _run(data_dir, config, straight, *flags).returncode == 0
   interrupted = tmp_path / "interrupted"
@@ -121,3 +125,20 @@ def test_interrupted_run_resumes_to_the_same_parameters(sig, data_dir, tmp_path)
   assert step_a == step_b == 8
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("attention,score", [("none", "dot"), ("bahdanau", "additive"),
+                                             ("local", "general"), ("hard", "location")])
+def test_every_attention_kind_trains_from_its_config(attention, score, data_dir, tmp_path,
+                                                     monkeypatch):
+  """One step and one small evaluation of each RNN attention kind (luong is the default above)."""
+  monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", data_dir)
+  config = experiment.load(G2P).get_config(f"smoke=True,attention={attention},score={score}")
+  config.train.update(steps=1, eval_every=1, heatmap_examples=1)
+  config.data.update(max_eval_examples=4, eval_batch_size=8)
+  result = loop.train_and_evaluate(config, str(tmp_path / "run"))  # in-process: cheaper
+  assert result["step"] == 1 and np.isfinite(result["final"]["loss"])
+  if attention == "none":
+    assert result["heatmaps"] is None  # no attention, nothing to draw
+  else:
+    assert os.listdir(result["heatmaps"]) == ["example_0_alignment.png"]

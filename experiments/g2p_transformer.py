@@ -1,0 +1,47 @@
+r"""Grapheme-to-phoneme on CMUdict with a Transformer encoder-decoder (Vaswani et al. 2017).
+
+    python -m attention_jax.main --config=experiments/g2p_transformer.py --workdir=runs/g2p_tf
+    python -m attention_jax.main --config=experiments/g2p_transformer.py:heads=8,pre_ln=False \
+        --workdir=runs/g2p_tf_h8_post
+    python -m attention_jax.main --config=experiments/g2p_transformer.py:smoke=True --workdir=/tmp/smoke
+
+Arguments (after the colon): heads, head_dim (0: d_model / heads), dropout,
+label_smoothing, positions, pre_ln, weighted, stress, smoke.
+"""
+import ml_collections
+
+from attention_jax import experiment
+
+DEFAULTS = dict(heads=4, head_dim=0, dropout=0.1, label_smoothing=0.1, positions="sinusoidal",
+                pre_ln=True, weighted=False, stress=True, smoke=False)
+
+
+def get_config(arg=None):
+  args = experiment.parse_arg(arg, DEFAULTS)
+  c = experiment.base_config()
+  c.data.name = "cmudict_g2p/" + ("stress" if args["stress"] else "no_stress")
+  c.model = ml_collections.ConfigDict(dict(
+      name="transformer", d_model=128, num_heads=args["heads"], d_ff=512, num_layers=3,
+      dropout_rate=args["dropout"], positions=args["positions"], pre_ln=args["pre_ln"],
+      weighted=args["weighted"], max_len=64, tie_output=False))
+  if args["head_dim"]:
+    c.model.head_dim = args["head_dim"]
+  c.train.label_smoothing = args["label_smoothing"]
+  c.optim.update(learning_rate=1e-3, warmup_steps=400)
+  c.train.steps = 3000
+  if args["smoke"]:
+    experiment.apply_smoke(c)
+  return c
+
+
+def sweep(add):
+  """Vaswani et al. 2017 Table 3 rows that matter at this size, and the Weighted Transformer."""
+  for heads in (1, 2, 4, 8):  # fixed model size: d_k = d_model / heads
+    add(heads=heads)
+  for head_dim in (8, 16):  # smaller keys at 4 heads
+    add(head_dim=head_dim)
+  add(dropout=0.0)
+  add(label_smoothing=0.0)
+  add(positions="learned")
+  add(pre_ln=False)
+  add(weighted=True)
