@@ -30,7 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
       eval_split="dev",
       max_eval_examples=1000,  # decoded eval examples (0: the whole split)
   ))
-  c.model = ml_collections.ConfigDict(dict(name="rnn_seq2seq"))  # vocab sizes come from the data
+  # Vocabulary sizes come from the data. dtype 'bfloat16': mixed precision (params stay float32).
+  c.model = ml_collections.ConfigDict(dict(name="rnn_seq2seq", dtype="float32"))
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=3e-3, warmup_steps=200, schedule="rsqrt", b1=0.9, b2=0.98,
       weight_decay=0.0, grad_clip_norm=1.0))

@@ -8,8 +8,6 @@ r"""Grapheme-to-phoneme on CMUdict with a Transformer encoder-decoder (Vaswani e
 Arguments (after the colon): heads, head_dim (0: d_model / heads), dropout,
 label_smoothing, positions, pre_ln, weighted, stress, smoke.
 """
-import ml_collections
-
 from attention_jax import experiment
 
 DEFAULTS = dict(heads=4, head_dim=0, dropout=0.1, label_smoothing=0.1, positions="sinusoidal",
@@ -20,7 +18,7 @@ def get_config(arg=None):
   args = experiment.parse_arg(arg, DEFAULTS)
   c = experiment.base_config()
   c.data.name = "cmudict_g2p/" + ("stress" if args["stress"] else "no_stress")
-  c.model = ml_collections.ConfigDict(dict(
+  c.model.update(dict(
       name="transformer", d_model=128, num_heads=args["heads"], d_ff=512, num_layers=3,
       dropout_rate=args["dropout"], positions=args["positions"], pre_ln=args["pre_ln"],
       weighted=args["weighted"], max_len=64, tie_output=False))

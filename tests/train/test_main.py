@@ -75,6 +75,14 @@ def test_bad_config_exits_2_before_writing(flag, message, data_dir, tmp_path):
   assert not workdir.exists()
 
 
+def test_unwritable_workdir_is_an_error(data_dir, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  proc = _run(data_dir, f"{G2P}:smoke=True", blocker / "run")
+  assert proc.returncode == 2 and "is not writable" in proc.stderr, proc.stderr[-2000:]
+  assert blocker.read_text() == "not a directory"
+
+
 def test_misspelt_override_fails_naming_the_key(data_dir, tmp_path):
   proc = _run(data_dir, f"{G2P}:smoke=True", tmp_path / "run",
               "--config.train.stepz=3")
@@ -127,13 +135,16 @@ def test_interrupted_run_resumes_to_the_same_parameters(sig, data_dir, tmp_path)
     np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.parametrize("attention,score", [("none", "dot"), ("bahdanau", "additive"),
-                                             ("local", "general"), ("hard", "location")])
-def test_every_attention_kind_trains_from_its_config(attention, score, data_dir, tmp_path,
-                                                     monkeypatch):
-  """One step and one small evaluation of each RNN attention kind (luong is the default above)."""
+@pytest.mark.parametrize("attention,score,dtype", [
+    ("none", "dot", "float32"), ("bahdanau", "additive", "bfloat16"),
+    ("local", "general", "float32"), ("hard", "location", "float32")])
+def test_every_attention_kind_trains_from_its_config(attention, score, dtype, data_dir,
+                                                     tmp_path, monkeypatch):
+  """One step and one small evaluation of each RNN attention kind (luong is the default
+  above), one of them in mixed precision."""
   monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", data_dir)
   config = experiment.load(G2P).get_config(f"smoke=True,attention={attention},score={score}")
+  config.model.dtype = dtype
   config.train.update(steps=1, eval_every=1, heatmap_examples=1)
   config.data.update(max_eval_examples=4, eval_batch_size=8)
   result = loop.train_and_evaluate(config, str(tmp_path / "run"))  # in-process: cheaper
