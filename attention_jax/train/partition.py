@@ -6,6 +6,7 @@ rules do not list stays replicated.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -59,21 +60,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-class activate:
+@contextlib.contextmanager
+def activate(mesh: Mesh):
   """Context: `mesh` current and the logical rules on, for tracing sharded code."""
-
-  def __init__(self, mesh: Mesh):
-    self._mesh_ctx = jax.set_mesh(mesh)
-    self._rules_ctx = nn.logical_axis_rules(LOGICAL_RULES)
-
-  def __enter__(self):
-    self._mesh_ctx.__enter__()
-    self._rules_ctx.__enter__()
-    return self
-
-  def __exit__(self, *exc):
-    self._rules_ctx.__exit__(*exc)
-    return self._mesh_ctx.__exit__(*exc)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+    yield
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
