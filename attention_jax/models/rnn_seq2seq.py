@@ -25,12 +25,16 @@ Interface shared with the Transformer and the decode module:
   decode_step(state, tokens [B], *, deterministic) -> (logits [B,vocab], state)
 `__call__` scans `_step` over time; `decode_step` calls the same `_step` once.
 
-Sown into 'intermediates' (pass mutable=['intermediates'] to `apply`):
-  'attention_weights'  float32 [B,T,S] from __call__, [B,S] per decode_step.
-  'hard_log_prob'      attention='hard' only: float32 [B,T] (or [B]) log-prob
-                       of each chosen position; sum it over real target steps
-                       and pass it to `attention.hard.reinforce_surrogate`
-                       with a reward such as -NLL of the sequence.
+Sown (pass the collection in `mutable=[...]` to `apply` to get it back):
+  'intermediates' / 'attention_weights'  float32 [B,T,S] from __call__, [B,S]
+                       per decode_step: the heatmaps.
+  'reinforce' / 'log_prob'  attention='hard' only: float32 [B,T] (or [B])
+                       log-prob of each chosen position; sum it over real
+                       target steps and pass it to
+                       `attention.hard.reinforce_surrogate` with a reward such
+                       as -NLL of the sequence. A collection of its own, so a
+                       train step can take it without asking every attention
+                       layer for its weights.
 Randomness: 'dropout' when dropout_rate > 0, and 'sample' for hard attention,
 both only when deterministic=False.
 """
@@ -192,8 +196,8 @@ class RNNSeq2Seq(nn.Module):
   def _sow(self, weights: Array | None, log_prob: Array | None) -> None:
     if weights is not None:
       self.sow("intermediates", "attention_weights", weights)
-    if log_prob is not None:
-      self.sow("intermediates", "hard_log_prob", log_prob)
+    if log_prob is not None and not self.is_initializing():  # init keeps no 'reinforce'
+      self.sow("reinforce", "log_prob", log_prob)
 
   def decode_step(self, state, tokens: Array, *, deterministic: bool = True):
     """One token `[B]` -> logits float32 `[B, vocab]` and the next state."""

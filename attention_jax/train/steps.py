@@ -8,8 +8,6 @@ leave-one-out baseline (the mean reward of the other sequences: unbiased).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -44,35 +42,25 @@ def cross_entropy(logits: Array, targets: Array, label_smoothing: float) -> tupl
   return (1.0 - label_smoothing) * nll + label_smoothing * smooth, nll
 
 
-def _find(tree: Any, name: str):
-  """The first array sown under `name` in an intermediates tree, or None."""
-  if isinstance(tree, dict):
-    if name in tree:
-      return tree[name][0]
-    for value in tree.values():
-      found = _find(value, name)
-      if found is not None:
-        return found
-  return None
-
-
 def _forward(params, state: TrainState, batch: dict, rng: Array | None, train: bool):
   rngs = None
   if rng is not None:
     rngs = {"dropout": jax.random.fold_in(rng, 0), "sample": jax.random.fold_in(rng, 1)}
-  logits, inter = state.apply_fn(
+  # Only the REINFORCE log-probs: asking for 'intermediates' would make every attention
+  # layer compute its weights explicitly, in the hot path.
+  logits, sown = state.apply_fn(
       {"params": params}, batch["inputs"], batch["input_lengths"], batch["decoder_inputs"],
-      deterministic=not train, rngs=rngs, mutable=["intermediates"])
-  return logits, inter.get("intermediates", {})
+      deterministic=not train, rngs=rngs, mutable=["reinforce"])
+  return logits, sown.get("reinforce", {})
 
 
 def _loss(params, state, batch, rng, label_smoothing):
-  logits, inter = _forward(params, state, batch, rng, train=True)
+  logits, sown = _forward(params, state, batch, rng, train=True)
   mask = token_mask(batch)
   tokens = jnp.maximum(jnp.sum(mask), 1.0)
   smoothed, nll = cross_entropy(logits, batch["targets"], label_smoothing)
   loss = jnp.sum(smoothed * mask) / tokens
-  log_prob = _find(inter, "hard_log_prob")  # [B, T] for hard attention, else None
+  log_prob = sown["log_prob"][0] if "log_prob" in sown else None  # [B, T]: hard attention
   if log_prob is not None:
     reward = -jnp.sum(nll * mask, axis=1)  # [B]
     rows = batch["weights"]

@@ -50,7 +50,8 @@ def _model(kind, cell):
 
 def _teacher_forced_and_decoded(model, variables, inputs, lengths, targets_in, padded):
   """Full forward, the same targets fed one token at a time, and a padded-source forward."""
-  logits, inter = model.apply(variables, inputs, lengths, targets_in, mutable=["intermediates"])
+  logits, inter = model.apply(variables, inputs, lengths, targets_in,
+                              mutable=["intermediates", "reinforce"])
   encoded = model.apply(variables, inputs, lengths, method=model.encode)
   state = model.apply(variables, encoded, lengths, method=model.init_decode_state)
 
@@ -93,7 +94,7 @@ def test_decode_step_equals_teacher_forcing_and_source_padding_is_invisible(kind
   if kind != "local":  # local-p weights are Gaussian-scaled, not normalised
     np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
   if kind == "hard":
-    log_prob = inter["intermediates"]["hard_log_prob"][0]  # [batch, tgt_len]
+    log_prob = inter["reinforce"]["log_prob"][0]  # [batch, tgt_len]
     np.testing.assert_allclose(log_prob, np.log(weights.max(-1)), rtol=1e-4, atol=1e-5)
 
 
@@ -185,9 +186,9 @@ def test_hard_attention_learns_to_copy_with_reinforce():
   def loss_fn(params, baseline, key, batch_):
     x, lengths, targets_in, targets = batch_
     logits, inter = model.apply({"params": params}, x, lengths, targets_in, deterministic=False,
-                                rngs={"sample": key}, mutable=["intermediates"])
+                                rngs={"sample": key}, mutable=["reinforce"])
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum(-1)  # [batch]
-    log_prob = inter["intermediates"]["hard_log_prob"][0].sum(-1)  # [batch]
+    log_prob = inter["reinforce"]["log_prob"][0].sum(-1)  # [batch]
     surrogate = hard.reinforce_surrogate(log_prob, -nll, baseline)
     return jnp.mean(nll + surrogate), nll
 

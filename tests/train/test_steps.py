@@ -67,3 +67,20 @@ def test_bad_mesh_and_optimizer_are_named():
     partition.make_mesh((3, 1))
   with pytest.raises(ValueError, match="optim.schedule='linear' is unknown"):
     optim.make_optimizer(dict(OPTIM, schedule="linear"), 10)
+
+
+def test_hard_attention_scores_learn_only_through_reinforce():
+  """The sampled context has no gradient to the scores, so the score parameters' gradient
+  is the REINFORCE surrogate's alone: nonzero here, zero with the surrogate switched off."""
+  model = build_model(dict(name="rnn_seq2seq", vocab_size=12, attention="hard", score="general",
+                           hidden_dim=16, src_embed_dim=8, tgt_embed_dim=8))
+  batch = _batch(2)
+  tx, _ = optim.make_optimizer(OPTIM, 10)
+  mesh = partition.make_mesh((-1, 1))
+  state, _ = setup.create_state(model, tx, jax.random.key(0), batch, mesh)
+  grad = lambda: jax.grad(steps._loss, has_aux=True)(state.params, state, batch,
+                                                      jax.random.key(3), 0.0)[0]
+  assert np.abs(grad()["align"]["w"]).max() > 0
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(steps.hard, "reinforce_surrogate", lambda log_prob, reward, baseline: 0.0 * log_prob)
+    assert np.abs(grad()["align"]["w"]).max() == 0
