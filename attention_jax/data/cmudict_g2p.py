@@ -21,7 +21,6 @@ output matches any). Configs: `stress` (ARPAbet with stress digits 0/1/2) and
 `no_stress` (digits removed, duplicates merged); both use the same word split.
 """
 import dataclasses
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -31,7 +30,8 @@ import tensorflow_datasets as tfds
 
 from attention_jax.data.errors import DataFormatError, MissingDataError
 from attention_jax.data.splits import split_keys
-from attention_jax.data.text_builder import Row, TextToTextBuilder, manual_dir_or_none
+from attention_jax.data.text_builder import (TextToTextBuilder, file_sha256, manual_dir_or_none,
+                                             rows_by_split)
 
 SPLIT_SEED = 2015
 TEST_WORDS = 12_000
@@ -160,13 +160,8 @@ class CmudictG2p(TextToTextBuilder):
                             f"test and {config.dev_words} dev words")
     words = split_keys(prons, {"test": config.test_words, "dev": config.dev_words, "train": None},
                        SPLIT_SEED)
-    splits = {
-        "train": [Row(w, p, prons[w]) for w in words["train"] for p in prons[w]],
-        "dev": [Row(w, prons[w][0], prons[w]) for w in words["dev"]],
-        "test": [Row(w, prons[w][0], prons[w]) for w in words["test"]],
-    }
-    with open(path, "rb") as f:
-      digest = hashlib.sha256(f.read()).hexdigest()
+    splits = rows_by_split(prons, words)
+    digest = file_sha256(path)
     extra = {
         "source": origin, "source_sha256": digest, "split_seed": SPLIT_SEED,
         "stress": self.builder_config.stress, "skipped_entries": skipped,

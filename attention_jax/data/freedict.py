@@ -18,7 +18,6 @@ has one record per pair; dev and test one per German phrase, with `targets`
 its first translation (sorted) and `references` all of them.
 """
 import gzip
-import hashlib
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -27,7 +26,8 @@ import tensorflow_datasets as tfds
 
 from attention_jax.data.errors import DataFormatError, MissingDataError
 from attention_jax.data.splits import split_keys
-from attention_jax.data.text_builder import Row, TextToTextBuilder, manual_dir_or_none
+from attention_jax.data.text_builder import (TextToTextBuilder, file_sha256, manual_dir_or_none,
+                                             rows_by_split)
 
 SPLIT_SEED = 2017
 DEV_FRACTION = 0.05
@@ -131,13 +131,8 @@ class FreedictDeuEng(TextToTextBuilder):
     if n < 3:
       raise DataFormatError(path, 0, f"only {n} distinct German phrases; need at least 3")
     phrases = split_keys(translations, {"test": n_test, "dev": n_dev, "train": None}, SPLIT_SEED)
-    splits = {
-        "train": [Row(de, en, translations[de]) for de in phrases["train"] for en in translations[de]],
-        "dev": [Row(de, translations[de][0], translations[de]) for de in phrases["dev"]],
-        "test": [Row(de, translations[de][0], translations[de]) for de in phrases["test"]],
-    }
-    with open(path, "rb") as f:
-      digest = hashlib.sha256(f.read()).hexdigest()
+    splits = rows_by_split(translations, phrases)
+    digest = file_sha256(path)
     extra = {"source": os.path.basename(path), "source_sha256": digest, "split_seed": SPLIT_SEED,
              "pairs_in_file": len(pairs), "unique_pairs": len(set(pairs)),
              "phrases": {name: len(p) for name, p in phrases.items()}}

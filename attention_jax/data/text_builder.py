@@ -15,8 +15,9 @@ statistics into the dataset info's metadata. TFDS builds into an
 file, missing package) never leaves a half-written data set behind.
 """
 import abc
+import hashlib
 import inspect
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 from etils import epath
 import numpy as np
@@ -34,6 +35,25 @@ class Row(NamedTuple):
   inputs: str
   targets: str
   references: Sequence[str]
+
+
+def rows_by_split(references: Mapping[str, Sequence[str]],
+                  keys_by_split: Mapping[str, Sequence[str]]) -> dict[str, list[Row]]:
+  """Records of each split from `{input: [every reference]}`.
+
+  Train gets one record per reference, so every pronunciation / translation
+  is learned; dev and test one record per input, the first reference as the
+  target and all of them kept for scoring.
+  """
+  return {name: [Row(key, ref, references[key]) for key in keys
+                 for ref in (references[key] if name == "train" else references[key][:1])]
+          for name, keys in keys_by_split.items()}
+
+
+def file_sha256(path: str) -> str:
+  """The source file's digest, recorded in the data set's metadata."""
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
 
 
 class TextToTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -21,6 +21,18 @@ SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 MODES = ("chars", "symbols")
 
 
+def content_ids(ids: Iterable[int]) -> list[int]:
+  """The ids a decoder emitted before its first EOS, less pad and bos."""
+  kept = []
+  for i in ids:
+    i = int(i)
+    if i == EOS_ID:
+      break
+    if i not in (PAD_ID, BOS_ID):
+      kept.append(i)
+  return kept
+
+
 class SymbolVocabulary:
   """Characters or whitespace-separated symbols; ids 0-3 are the specials."""
 
@@ -57,14 +69,8 @@ class SymbolVocabulary:
 
   def decode(self, ids: Iterable[int]) -> str:
     """ids -> text; stops at the first EOS, skips pad and bos."""
-    out = []
-    for i in ids:
-      i = int(i)
-      if i == EOS_ID:
-        break
-      if i in (PAD_ID, BOS_ID):
-        continue
-      out.append(self._tokens[i] if 0 <= i < len(self._tokens) else SPECIALS[UNK_ID])
+    out = [self._tokens[i] if 0 <= i < len(self._tokens) else SPECIALS[UNK_ID]
+           for i in content_ids(ids)]
     return "".join(out) if self.mode == "chars" else " ".join(out)
 
   def save(self, path: str | os.PathLike) -> None:
@@ -113,14 +119,7 @@ class SentencePieceVocabulary:
     return list(self._sp.encode(text))
 
   def decode(self, ids: Iterable[int]) -> str:
-    kept = []
-    for i in ids:
-      i = int(i)
-      if i == EOS_ID:
-        break
-      if i not in (PAD_ID, BOS_ID):
-        kept.append(i)
-    return self._sp.decode(kept)
+    return self._sp.decode(content_ids(ids))
 
   def save(self, path: str | os.PathLike) -> None:
     paths.atomic_write_bytes(path, self._model_proto)
