@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 from absl import app, flags
 import jax
@@ -21,6 +20,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from attention_jax.attention import blockwise, core  # noqa: E402
+from attention_jax.data import paths  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where results.json and memory.png go.")
 HEADS, HEAD_DIM, BLOCK = 8, 64, blockwise.DEFAULT_BLOCK
@@ -57,13 +57,6 @@ def temp_memory_mib(implementation: str, length: int, backward: bool) -> float:
   return stats.temp_size_in_bytes / 2**20
 
 
-def _write_atomically(path: str, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def main(argv):
   del argv
   workdir = _WORKDIR.value
@@ -85,7 +78,7 @@ def main(argv):
              "heads": HEADS, "head_dim": HEAD_DIM, "block": BLOCK,
              "backend": jax.default_backend()}
   results_path = os.path.join(workdir, "results.json")
-  _write_atomically(results_path, json.dumps(results, indent=2) + "\n")
+  paths.atomic_write_bytes(results_path, (json.dumps(results, indent=2) + "\n").encode())
 
   fig, ax = plt.subplots(figsize=(5, 3.5))
   for column in next(iter(memory.values())):

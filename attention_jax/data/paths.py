@@ -25,7 +25,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
   A reader (or a second process writing the same file) never sees a half-written file.
   """
   path = os.fspath(path)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp.{os.getpid()}"
   try:
     with open(tmp, "wb") as f:

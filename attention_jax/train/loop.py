@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from attention_jax import data
+from attention_jax.data import paths
 from attention_jax.data import pipeline as data_pipeline
 from attention_jax.models.registry import build_model
 from attention_jax.train import checkpoint, evaluation, metrics as metrics_lib, optim
@@ -74,11 +75,8 @@ def _model_args(batch: dict) -> tuple:
 
 
 def _write_json(path: str, value) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
-  with os.fdopen(fd, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True, default=str)
-    f.write("\n")
-  os.replace(tmp, path)
+  text = json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
+  paths.atomic_write_bytes(path, text.encode())
 
 
 def _prepare_workdir(workdir: str, config_json: str) -> None:

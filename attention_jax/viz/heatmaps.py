@@ -19,12 +19,13 @@ import io
 import math
 import os
 import re
-import uuid
 from typing import Any, Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
+
+from attention_jax.data import paths
 
 DPI = 100
 _MAX_LABELS = 60  # more tokens than this: label every k-th one so labels stay legible
@@ -165,20 +166,8 @@ def figure_to_rgba(fig: Figure) -> np.ndarray:
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> str:
   """Writes `fig` as a PNG at `path` atomically, creating directories; returns the path."""
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  # A unique name opened with 'x' (not mkstemp, whose 0600 mode would stick to the PNG).
-  tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-  try:
-    with open(tmp, "xb") as f:
-      fig.savefig(f, format="png", dpi="figure")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  return path
+  paths.atomic_write_bytes(path, figure_to_png_bytes(fig))
+  return os.fspath(path)
 
 
 def plot_alignment(weights: Any, source_tokens: Sequence, target_tokens: Sequence,
