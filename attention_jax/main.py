@@ -9,6 +9,7 @@ with code 2 and one line naming the key, before anything is written.
 import sys
 
 from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
 
 from attention_jax.data import DataError
@@ -34,7 +35,7 @@ def main(argv):
   except loop.NonFiniteError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  if result:
+  if result and jax.process_index() == 0:
     final = result["final"]
     print("eval: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
     print(f"results: {_WORKDIR.value}/result.json")

@@ -19,15 +19,20 @@ Each batch is a dict of NumPy arrays ([B] = batch_size, S and T = bucket lengths
 S and T are the smallest of a few bucket lengths (8, 16, 32, ..., the split's
 longest) that fit the batch, so jit compiles a handful of programs.
 
-Training (`train=True`, the default for the train split): each process reads
-its own shard of records (index % process_count == process_index), shuffled
+Several processes: every process forms the same global batch of
+batch_size * process_count rows, pads it to one bucket shape, and keeps its own
+consecutive block of batch_size rows. So the global batch, and the training
+run, do not depend on the number of processes, every process feeds arrays of
+the same shape, and the iterator state is the same on all of them. (Each
+process tokenises the whole global batch: cheap next to a train step.)
+
+Training (`train=True`, the default for the train split): records shuffled
 with a seed derived from `seed` and reshuffled each epoch; `num_epochs=None`
 repeats forever; partial batches are dropped. Optionally (`sort_window=k`),
 each window of k batches is sorted by length and its batches served in a
 seeded random order, so rows in a batch have similar lengths.
 
-Evaluation (`train=False`): one pass in record order over the process's
-shard; every process gets the same number of batches; the last ones are
+Evaluation (`train=False`): one pass in record order; the last batches are
 filled with padding rows (weights 0, index -1).
 """
 import sys
@@ -86,15 +91,18 @@ class _Tokenize:
 
 
 class _PaddedBatches(grain.MapDataset):
-  """Batch i = rows [i*B, (i+1)*B) of the parent (or of a length-sorted window), padded.
+  """Batch i = rows [i*B, (i+1)*B) of the parent (or of a length-sorted window), padded,
+  then rows `keep` of it (this process's block).
 
   Positions past the end of the parent become padding rows.
   """
 
   def __init__(self, parent: grain.MapDataset, *, batch_size: int, num_batches: int,
                input_buckets: Sequence[int], target_buckets: Sequence[int],
-               max_lengths: tuple[int, int], sort_window: int, seed: int, strict: bool):
+               max_lengths: tuple[int, int], sort_window: int, seed: int, strict: bool,
+               keep: slice = slice(None)):
     super().__init__(parent)
+    self._keep = keep
     self._max_lengths = max_lengths  # longest kept (inputs, targets), EOS included
     self._batch_size = batch_size
     self._num_batches = num_batches
@@ -142,10 +150,11 @@ class _PaddedBatches(grain.MapDataset):
       rows = self._rows(index * self._batch_size, (index + 1) * self._batch_size)
     else:
       window, slot = divmod(index, self._window)
-      perm = np.random.default_rng([self._seed, window]).permutation(self._window)
+      slots = min(self._window, self._num_batches - window * self._window)  # last may be short
+      perm = np.random.default_rng([self._seed, window]).permutation(slots)
       start = int(perm[slot]) * self._batch_size
       rows = self._window_rows(window)[start:start + self._batch_size]
-    return self._pad(rows)
+    return {k: v[self._keep] for k, v in self._pad(rows).items()}
 
   def _pad(self, rows: list) -> dict:
     max_in = min(self._max_lengths[0], self._input_buckets[-1])
@@ -212,7 +221,8 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
   Args:
     dataset: a `registry.Dataset` (from `get_dataset`).
     split: "train", "dev" or "test".
-    batch_size: rows per batch (per process).
+    batch_size: rows per batch on this process (the global batch is
+      batch_size * process_count).
     seed: shuffling seed; the same seed gives the same batches.
     train: shuffle/repeat/drop remainder (default: split == "train").
     num_epochs: training epochs; None repeats forever. Ignored for eval.
@@ -223,7 +233,7 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
       `default_buckets` of the max lengths + 1.
     sort_window: batches per length-sorted window (0 or 1: no sorting); train only.
     add_eos_to_inputs: end every input with EOS.
-    process_index / process_count: this process's shard (default from jax).
+    process_index / process_count: this process's block of each batch (default from jax).
     num_threads / prefetch_batches: grain read threads and buffered batches (0 threads: none).
   """
   if batch_size < 1:
@@ -243,26 +253,26 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
   source = dataset.source(split)
   ds = grain.MapDataset.source(source)
   ds = ds.map_with_index(_Tokenize(dataset, add_eos_to_inputs, len(source)))
-  ds = ds[shard::shards]
+  global_batch = batch_size * shards
   if train:
-    if len(ds) < batch_size:
-      raise DataError(f"{dataset.name}/{split} has {len(ds)} records on this process, fewer "
-                      f"than one batch of {batch_size}.")
+    if len(ds) < global_batch:
+      raise DataError(f"{dataset.name}/{split} has {len(ds)} records, fewer than one global "
+                      f"batch of {global_batch}.")
     ds = ds.shuffle(seed=_derive_seed(seed, 0)).repeat(num_epochs)
-    num_batches = len(ds) // batch_size
+    num_batches = len(ds) // global_batch
   else:
-    per_process = -(-len(source) // shards)  # the same on every process
-    num_batches = -(-per_process // batch_size)
+    num_batches = -(-len(source) // global_batch)
     sort_window = 0  # eval order stays the record order
-  batches = _PaddedBatches(ds, batch_size=batch_size, num_batches=num_batches,
+  batches = _PaddedBatches(ds, batch_size=global_batch, num_batches=num_batches,
                            input_buckets=input_buckets, target_buckets=target_buckets,
                            max_lengths=(max_in, max_out), sort_window=sort_window,
-                           seed=_derive_seed(seed, 1), strict=not train)
+                           seed=_derive_seed(seed, 1), strict=not train,
+                           keep=slice(shard * batch_size, (shard + 1) * batch_size))
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
   return batches.to_iter_dataset(options)
 
 
 def steps_per_epoch(dataset, split: str, batch_size: int, process_count: int | None = None) -> int:
-  """Full training batches per epoch on one process (the smallest shard)."""
+  """Full training batches per epoch (`batch_size` rows on each of the processes)."""
   _, shards = _process_shard(0 if process_count else None, process_count)
-  return (dataset.splits[split] // shards) // batch_size
+  return dataset.splits[split] // (batch_size * shards)

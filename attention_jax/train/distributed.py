@@ -1,8 +1,10 @@
 """Multi-process start-up: `jax.distributed.initialize()` when the job has several processes.
 
 JAX finds the coordinator itself on SLURM and Cloud TPU VMs; elsewhere set
-JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. Each process
-then reads its own shard of the data (the pipeline shards by process index).
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (on CPU, JAX
+joins the processes with gloo). Each process then feeds its block of every
+global batch, process 0 alone writes files, and the run equals a
+single-process one (tests/train/test_multiprocess.py).
 """
 from __future__ import annotations
 

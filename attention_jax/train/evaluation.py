@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import os
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from attention_jax import decode, evaluate as scoring
@@ -44,7 +45,11 @@ def heatmaps_at(state, model, dataset, batch: dict, n: int, out_dir: str, writer
   """Teacher-forced attention of the first `n` rows of `batch`: one PNG per kind and
   example under `out_dir`, and the same images in TensorBoard."""
   rows = {k: np.asarray(v)[:n] for k, v in batch.items()}
-  _, inter = model.apply({"params": state.params}, rows["inputs"], rows["input_lengths"],
+  # A collective: params may span other processes' devices. Only process 0 draws.
+  params = multihost_utils.process_allgather(state.params, tiled=True)
+  if jax.process_index() != 0:
+    return []
+  _, inter = model.apply({"params": params}, rows["inputs"], rows["input_lengths"],
                          rows["decoder_inputs"], mutable=["intermediates"])
   if not inter:  # a model without attention (the RNN baseline) has nothing to draw
     return []
@@ -73,18 +78,21 @@ def run(state, model, dataset, config, mesh, eval_step, step: int, workdir: str,
   for batch in batches:
     first = first or batch
     with partition.activate(mesh):
-      out = eval_step(state, partition.shard_batch(batch, mesh))
+      sharded = partition.shard_batch(batch, mesh)
+      out = eval_step(state, sharded)
+      if len(predictions) < limit:
+        ids = _decode(state.params, {k: sharded[k] for k in ("inputs", "input_lengths")},
+                      model=model, method=cfg.decode, beam_size=cfg.beam_size,
+                      alpha=cfg.beam_alpha, max_len=batch["targets"].shape[1])
     for key, value in out.items():
       sums[key] = sums.get(key, 0.0) + float(value)
     if len(predictions) < limit:
-      real = np.asarray(batch["weights"]) > 0
-      ids = _decode(state.params, {k: batch[k] for k in ("inputs", "input_lengths")},
-                    model=model, method=cfg.decode, beam_size=cfg.beam_size,
-                    alpha=cfg.beam_alpha, max_len=batch["targets"].shape[1])
-      for row, index in zip(np.asarray(ids)[real], np.asarray(batch["index"])[real]):
+      # Every process gets the whole global batch's outputs, so all score the same examples.
+      ids, index = multihost_utils.process_allgather((ids, sharded["index"]), tiled=True)
+      for row, i in zip(ids[index >= 0], index[index >= 0]):
         predictions.append(dataset.target_vocab.decode(row))
-        references.append(texts[index]["references"])
-        sources.append(texts[index]["inputs"])
+        references.append(texts[i]["references"])
+        sources.append(texts[i]["inputs"])
   tokens = max(sums["tokens"], 1.0)
   metrics = {"loss": sums["loss_sum"] / tokens, "nll": sums["nll_sum"] / tokens,
              "accuracy": sums["correct"] / tokens}

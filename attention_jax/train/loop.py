@@ -16,6 +16,7 @@ import tempfile
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from attention_jax import data
@@ -79,7 +80,7 @@ def _write_json(path: str, value) -> None:
   paths.atomic_write_bytes(path, text.encode())
 
 
-def _prepare_workdir(workdir: str, config_json: str) -> None:
+def _prepare_workdir(workdir: str, config_json: str, write: bool) -> None:
   """Create the workdir; refuse one that holds a different run."""
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -93,7 +94,7 @@ def _prepare_workdir(workdir: str, config_json: str) -> None:
       if json.load(f) != json.loads(config_json):
         raise ConfigError(f"workdir {workdir!r} holds a run of another config "
                           f"(see {path}); use a new --workdir")
-  else:
+  elif write:
     _write_json(path, json.loads(config_json))
 
 
@@ -109,14 +110,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) the experiment; returns the contents of `result.json`."""
   start_time = time.perf_counter()
   validate(config)
-  dataset = data.get_dataset(config.data.name, data_dir=config.data.data_dir,
-                             manual_dir=config.data.manual_dir)
+  get_dataset = lambda: data.get_dataset(config.data.name, data_dir=config.data.data_dir,
+                                         manual_dir=config.data.manual_dir)
+  if jax.process_count() > 1:  # process 0 builds missing data alone; the others then read it
+    dataset = get_dataset() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("attention_jax: data ready")
+    dataset = dataset or get_dataset()
+  else:
+    dataset = get_dataset()
   model_config = dict(config.model, vocab_size=dataset.target_vocab.size)
   if config.model.name != "lm":
     model_config["src_vocab_size"] = dataset.input_vocab.size
   model = build_model(model_config)
   config_json = config.to_json_best_effort(sort_keys=True)
-  _prepare_workdir(workdir, config_json)
+  is_main = jax.process_index() == 0  # the one process that writes files and prints
+  _prepare_workdir(workdir, config_json, write=is_main)
 
   mesh = partition.make_mesh(config.train.mesh_shape)
   tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
@@ -131,10 +139,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if ckpt.latest_step() is not None:
     state, data_state, step = ckpt.restore(state)
     train_iter.set_state(data_state)
-    print(f"resumed from {workdir}/checkpoints at step {step}", flush=True)
+    if is_main:
+      print(f"resumed from {workdir}/checkpoints at step {step}", flush=True)
     result_path = os.path.join(workdir, "result.json")
     if step >= config.train.steps and os.path.exists(result_path):
-      print(f"already finished: {result_path}", flush=True)
+      if is_main:
+        print(f"already finished: {result_path}", flush=True)
       with open(result_path) as f:
         return json.load(f)
   train_step, eval_step = setup.jit_steps(shardings, mesh,
@@ -144,8 +154,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   stop = {"sigterm": False}
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
-  writer = metrics_lib.MetricWriter(workdir)
-  progress = metrics_lib.Progress(step, config.train.steps, config.train.log_every)
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  progress = metrics_lib.Progress(step, config.train.steps, config.train.log_every,
+                                  enabled=is_main)
   history, heatmap_dir = [], None
 
   def evaluate_now():
@@ -199,5 +210,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
             "wall_time_s": time.perf_counter() - start_time, "seed": config.seed,
             "config_hash": hashlib.sha256(config_json.encode()).hexdigest()[:16],
             "git_commit": _git_commit(), "heatmaps": heatmap_dir}
-  _write_json(os.path.join(workdir, "result.json"), result)
+  if is_main:
+    _write_json(os.path.join(workdir, "result.json"), result)
   return result

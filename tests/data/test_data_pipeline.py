@@ -98,23 +98,19 @@ def test_sort_window_groups_similar_lengths(tiny_algorithmic):
   assert sorted(indices) == list(range(240))  # still exactly one epoch
 
 
-def test_process_shards_are_disjoint_and_cover_the_split(tiny_algorithmic):
+@pytest.mark.parametrize("split,kwargs", [("dev", {}), ("train", {"num_epochs": 1}),
+                                          ("train", {"num_epochs": 1, "sort_window": 3})])
+def test_processes_split_the_one_process_batches_into_blocks(tiny_algorithmic, split, kwargs):
   dataset = tiny_algorithmic("copy")
-  seen = []
-  for shard in range(3):
-    batches = list(pipeline.make_pipeline(dataset, "dev", batch_size=4, process_index=shard,
-                                          process_count=3))
-    assert len(batches) == 4  # ceil(ceil(40 / 3) / 4): the same count on every process
-    idx = np.concatenate([b["index"] for b in batches])
-    seen.append(set(idx[idx >= 0].tolist()))
-    assert all(i % 3 == shard for i in seen[-1])
-  assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
-  assert set().union(*seen) == set(range(40))
-  train_shards = [set(np.concatenate([b["index"] for b in pipeline.make_pipeline(
-      dataset, "train", batch_size=8, num_epochs=1, process_index=s, process_count=2)]).tolist())
-      for s in range(2)]
-  assert not train_shards[0] & train_shards[1]
-  assert train_shards[0] | train_shards[1] == set(range(240))
+  whole = list(pipeline.make_pipeline(dataset, split, batch_size=12, **ONE_PROCESS, **kwargs))
+  parts = [list(pipeline.make_pipeline(dataset, split, batch_size=4, process_index=p,
+                                       process_count=3, **kwargs)) for p in range(3)]
+  assert all(len(p) == len(whole) for p in parts)  # the same step count on every process
+  for i, batch in enumerate(whole):
+    for key, value in batch.items():  # one padded shape, and the global batch in blocks
+      np.testing.assert_array_equal(np.concatenate([p[i][key] for p in parts]), value)
+  idx = np.concatenate([b["index"] for b in whole])
+  assert sorted(idx[idx >= 0].tolist()) == list(range(40 if split == "dev" else 240))
 
 
 def test_eval_is_one_ordered_pass_with_padding_rows(tiny_algorithmic):
