@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 # Reinstall when the package metadata changes; the stamp records the last install.
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/g2p_attention
+SWEEP_ROOT ?= runs/g2p_small
 
-.PHONY: train test bench clean
+.PHONY: train test sweep report clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +18,16 @@ $(STAMP): pyproject.toml
 # The default experiment: an attention RNN on CMUdict G2P. Rerunning resumes (or reports).
 train: $(STAMP)
 	$(PY) -m attention_jax.main --config=experiments/g2p_attention.py --workdir=$(WORKDIR)
+
+# A small ablation of the default experiment (3 attention kinds x 2 seeds, 1,000 steps each),
+# two trials at a time on their own cores; rerunning skips finished trials.
+sweep: $(STAMP)
+	$(PY) -m launch.sweep --config=experiments/g2p_attention.py:steps=1000 --sweep=small \
+	  --seeds=2 --max-parallel=2 --root=$(SWEEP_ROOT)
+
+# The sweep's table (markdown, CSV) and plots, in $(SWEEP_ROOT)/report/.
+report: $(STAMP)
+	$(PY) -m launch.report --root=$(SWEEP_ROOT)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -6,6 +6,7 @@ r"""Train and evaluate one experiment config.
 Flags only; the work is in `attention_jax.train.loop`. A bad config exits
 with code 2 and one line naming the key, before anything is written.
 """
+import os
 import sys
 
 from absl import app, flags, logging
@@ -14,6 +15,8 @@ from ml_collections import config_flags
 
 from attention_jax.data import DataError
 from attention_jax.train import distributed, loop
+
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "attention_jax", "jax")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. experiments/g2p_attention.py:smoke=True.",
@@ -26,6 +29,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # absl's INFO lines would bury the progress output
+  if not jax.config.jax_compilation_cache_dir:  # $JAX_COMPILATION_CACHE_DIR wins
+    # Reruns and sweep trials compile the same programs: keep them across processes.
+    jax.config.update("jax_compilation_cache_dir", DEFAULT_CACHE_DIR)
   distributed.initialize()
   try:
     result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

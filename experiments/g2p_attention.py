@@ -5,11 +5,15 @@ r"""Grapheme-to-phoneme on CMUdict with an attention RNN encoder-decoder (the de
         --workdir=runs/g2p_bahdanau --config.train.steps=5000
     python -m attention_jax.main --config=experiments/g2p_attention.py:smoke=True --workdir=/tmp/smoke
 
-Arguments (after the colon): attention, score, cell, stress, smoke.
+Arguments (after the colon): attention, score, cell, stress, steps, smoke.
+
+Sweeps (`python -m launch.sweep --config=experiments/g2p_attention.py --sweep=NAME`):
+`sweep`, every attention kind and score; `small`, the 2-core ablation of `make sweep`.
 """
 from attention_jax import experiment
 
-DEFAULTS = dict(attention="luong", score="general", cell="lstm", stress=True, smoke=False)
+DEFAULTS = dict(attention="luong", score="general", cell="lstm", stress=True, steps=3000,
+                smoke=False)
 
 
 def get_config(arg=None):
@@ -19,7 +23,7 @@ def get_config(arg=None):
   c.model.update(dict(
       attention=args["attention"], score=args["score"], cell=args["cell"], bidirectional=True,
       src_embed_dim=64, tgt_embed_dim=64, hidden_dim=128, dropout_rate=0.1, max_len=48))
-  c.train.steps = 3000  # about 5 minutes on 2 CPU cores
+  c.train.steps = args["steps"]  # 3000: about 5 minutes on 2 CPU cores
   if args["smoke"]:
     experiment.apply_smoke(c)
   return c
@@ -33,3 +37,10 @@ def sweep(add):
     add(attention="luong", score=score)
   add(attention="local", score="general")
   add(attention="hard", score="general")
+
+
+def small(add):
+  """No attention vs Luong (dot) vs Bahdanau (additive): `make sweep`, 2 seeds, minutes on 2 cores."""
+  add(attention="none")
+  add(attention="luong", score="dot")
+  add(attention="bahdanau", score="additive")

@@ -1,6 +1,7 @@
 """Multi-process start-up: `jax.distributed.initialize()` when the job has several processes.
 
-JAX finds the coordinator itself on SLURM and Cloud TPU VMs; elsewhere set
+JAX finds the coordinator itself on SLURM and Cloud TPU VMs (launch/tpu_vm.sh
+sets ATTENTION_JAX_DISTRIBUTED=1 to ask for it); elsewhere set
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (on CPU, JAX
 joins the processes with gloo). Each process then feeds its block of every
 global batch, process 0 alone writes files, and the run equals a
@@ -16,6 +17,8 @@ import jax
 
 def multi_process(env: Mapping[str, str] = os.environ) -> bool:
   """Whether the environment describes a job of several processes."""
+  if env.get("ATTENTION_JAX_DISTRIBUTED") == "1":  # set by launch/tpu_vm.sh: JAX finds the rest
+    return True
   if int(env.get("JAX_NUM_PROCESSES", "1") or 1) > 1:
     return True
   if int(env.get("SLURM_NTASKS", "1") or 1) > 1:

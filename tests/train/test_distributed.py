@@ -11,6 +11,7 @@ from attention_jax.train import distributed
     ({"JAX_NUM_PROCESSES": "2", "JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
     ({"TPU_WORKER_HOSTNAMES": "t1v-0"}, False),
     ({"TPU_WORKER_HOSTNAMES": "t1v-0,t1v-1,t1v-2,t1v-3"}, True),
+    ({"ATTENTION_JAX_DISTRIBUTED": "1"}, True),
 ])
 def test_multi_process_is_read_from_the_environment(env, expected):
   assert distributed.multi_process(env) is expected

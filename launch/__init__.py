@@ -1,0 +1,1 @@
+"""Sweeps and reports: `python -m launch.sweep`, `python -m launch.report` (see launch/README.md)."""

@@ -1,0 +1,253 @@
+r"""Turn a sweep's trials into one table and plots.
+
+    python -m launch.report --root=runs/sweep [--metric=wer] [--which=final|best] [--out=DIR]
+
+Reads `<root>/sweep.json` and every finished trial's `result.json` and
+`metrics.jsonl`. Writes to `<root>/report/` (or --out):
+  results.md / results.csv  one row per configuration: the varied
+                            hyperparameters, each metric as mean +- std over
+                            seeds (n = seeds), the best row marked
+  trials.csv                one row per finished trial, the raw numbers
+  <metric>_vs_<key>.png     the metric against each varied hyperparameter
+  learning_curves.png       train loss and the eval metric against steps
+Rates (WER, PER, accuracies, error rates) are shown in percent. An experiment
+file may declare `REFERENCES`, a list of dicts (source, where, metric, value,
+note; values in the units shown here), printed beside our best value.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+
+import numpy as np
+
+from attention_jax import experiment
+from attention_jax.data import paths
+from launch import manifest as manifest_lib, trials as trials_lib
+
+PERCENT = ("wer", "per", "wer_no_stress", "per_no_stress", "accuracy", "sequence_accuracy",
+           "token_error_rate")
+HIGHER_IS_BETTER = ("accuracy", "sequence_accuracy", "bleu")
+
+
+def _load_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def collect(root: str, which: str = "final") -> tuple[dict, list[dict]]:
+  """(the manifest, one dict per finished trial: name, overrides, metrics, result)."""
+  path = os.path.join(root, manifest_lib.FILENAME)
+  if not os.path.exists(path):
+    raise ValueError(f"{root} has no {manifest_lib.FILENAME}: not a sweep root")
+  manifest = _load_json(path)
+  rows = []
+  in_sweep_order = sorted(manifest["trials"].items(), key=lambda t: (t[1].get("index", 0), t[0]))
+  for name, record in in_sweep_order:
+    result_path = os.path.join(root, name, "result.json")
+    if not os.path.exists(result_path):
+      continue
+    result = _load_json(result_path)
+    rows.append({"name": name, "overrides": record.get("overrides", {}),
+                 "metrics": result[which], "result": result,
+                 "curve": os.path.join(root, name, "metrics.jsonl")})
+  return manifest, rows
+
+
+def varied_keys(rows: list[dict]) -> list[str]:
+  """Override keys (not seed) in the order first added."""
+  keys = {}
+  for row in rows:
+    keys.update({k: None for k in row["overrides"] if k != "seed"})
+  return list(keys)
+
+
+def group(rows: list[dict], keys: list[str]) -> list[dict]:
+  """Configurations (trials equal but for the seed), in first-seen order, with stats."""
+  groups: dict[tuple, dict] = {}
+  for row in rows:
+    config = tuple(str(row["overrides"].get(k, "-")) for k in keys)
+    groups.setdefault(config, {"config": dict(zip(keys, config)), "rows": []})["rows"].append(row)
+  metrics = sorted({m for row in rows for m in row["metrics"]})
+  out = []
+  for g in groups.values():
+    stats = {}
+    for m in metrics:
+      values = [r["metrics"][m] for r in g["rows"] if m in r["metrics"]]
+      if values:
+        stats[m] = (float(np.mean(values)), float(np.std(values)), len(values))
+    steps = [r["result"]["step"] for r in g["rows"]]
+    out.append(dict(g, stats=stats, n=len(g["rows"]), steps=max(steps),
+                    wall_s=float(np.mean([r["result"]["wall_time_s"] for r in g["rows"]]))))
+  return out
+
+
+def _scale(metric: str) -> float:
+  return 100.0 if metric in PERCENT else 1.0
+
+
+def _fmt(metric: str, stat) -> str:
+  if stat is None:
+    return ""
+  mean, std, n = stat
+  s = _scale(metric)
+  digits = 2 if s == 100.0 else 4
+  text = f"{mean * s:.{digits}f}"
+  return text + (f" ± {std * s:.{digits}f}" if n > 1 else "")
+
+
+def best_index(groups: list[dict], metric: str) -> int | None:
+  scored = [(i, g["stats"][metric][0]) for i, g in enumerate(groups) if metric in g["stats"]]
+  if not scored:
+    return None
+  sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+  return min(scored, key=lambda s: sign * s[1])[0]
+
+
+def markdown(manifest: dict, groups: list[dict], keys: list[str], metrics: list[str],
+             metric: str, which: str, references: list[dict], failed: list[str]) -> str:
+  unit = lambda m: f"{m} (%)" if m in PERCENT else m
+  best = best_index(groups, metric)
+  lines = [f"Sweep `{manifest['config']}` `--sweep={manifest['sweep']}`: {which} eval metrics, "
+           f"mean ± std over n seeds; best {metric} marked.", ""]
+  header = ["", *keys, *map(unit, metrics), "n", "steps", "time (s)"]
+  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for i, g in enumerate(groups):
+    cells = ["**best**" if i == best else "", *(g["config"][k] for k in keys),
+             *(_fmt(m, g["stats"].get(m)) for m in metrics), str(g["n"]), str(g["steps"]),
+             f"{g['wall_s']:.0f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  if references:
+    lines += ["", "Published numbers (other splits or setups: compare orderings and rough levels):",
+              "", "| source | where | metric | published | ours (best row) | note |",
+              "|---|---|---|---|---|---|"]
+    for ref in references:
+      m = ref["metric"]
+      ours = _fmt(m, groups[best_index(groups, m)]["stats"][m]) if best_index(
+          groups, m) is not None else "n/a"
+      lines.append(f"| {ref['source']} | {ref.get('where', '')} | {unit(m)} | {ref['value']} | "
+                   f"{ours} | {ref.get('note', '')} |")
+  if failed:
+    lines += ["", "Not finished: " + ", ".join(failed)]
+  return "\n".join(lines) + "\n"
+
+
+def write_csv(path: str, header: list[str], rows: list[list]) -> None:
+  buf = io.StringIO()
+  writer = csv.writer(buf)
+  writer.writerow(header)
+  writer.writerows(rows)
+  paths.atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list[dict]) -> list[str]:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  written = []
+  s = _scale(metric)
+  ylabel = f"{metric} (%)" if s == 100.0 else metric
+  for key in keys:
+    points = [g for g in groups if g["config"][key] != "-" and metric in g["stats"]]
+    if not points:
+      continue
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(points) + 2), 3.5))
+    labels = [",".join(f"{k}={v}" for k, v in g["config"].items() if v != "-") for g in points]
+    means = [g["stats"][metric][0] * s for g in points]
+    stds = [g["stats"][metric][1] * s for g in points]
+    ax.errorbar(range(len(points)), means, yerr=stds, fmt="o", capsize=4)
+    ax.set_xticks(range(len(points)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{metric} by {key}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = os.path.join(out, f"{metric}_vs_{key.replace('.', '_')}.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+  fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+  for row in rows:
+    if not os.path.exists(row["curve"]):
+      continue
+    records = [json.loads(line) for line in open(row["curve"])]
+    train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
+    evals = [(r["step"], r[metric] * s) for r in records if r["split"] == "eval" and metric in r]
+    if train:
+      ax_loss.plot(*zip(*train), label=row["name"], lw=1)
+    if evals:
+      ax_metric.plot(*zip(*evals), marker="o", ms=3, label=row["name"], lw=1)
+  ax_loss.set(xlabel="step", ylabel="train loss", yscale="log")
+  ax_metric.set(xlabel="step", ylabel=f"eval {ylabel}")
+  for ax in (ax_loss, ax_metric):
+    ax.grid(alpha=0.3)
+  ax_metric.legend(fontsize=6, loc="upper right")
+  fig.tight_layout()
+  path = os.path.join(out, "learning_curves.png")
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return written + [path]
+
+
+def report(root: str, metric: str | None = None, which: str = "final",
+           out: str | None = None) -> dict:
+  """Writes the report files; returns their paths and the markdown."""
+  manifest, rows = collect(root, which)
+  if not rows:
+    raise ValueError(f"{root}: no finished trial yet (no result.json)")
+  metric = metric or rows[0]["result"].get("best_by", "loss")
+  metrics = sorted({m for row in rows for m in row["metrics"]})
+  if metric not in metrics:
+    raise ValueError(f"--metric={metric!r} is not in the results; known: {', '.join(metrics)}")
+  metrics = [metric] + [m for m in metrics if m != metric]
+  keys = varied_keys(rows)
+  groups = group(rows, keys)
+  try:
+    module = experiment.load(trials_lib.split_spec(manifest["config"])[0])
+    references = list(getattr(module, "REFERENCES", []))
+  except (ValueError, OSError):
+    references = []  # the experiment file moved: report without references
+  failed = [f"{n} ({r.get('status')}, exit {r.get('exit_code')})"
+            for n, r in sorted(manifest["trials"].items()) if r.get("status") != "done"]
+  out = out or os.path.join(root, "report")
+  os.makedirs(out, exist_ok=True)
+  text = markdown(manifest, groups, keys, metrics, metric, which, references, failed)
+  paths.atomic_write_bytes(os.path.join(out, "results.md"), text.encode())
+  best = best_index(groups, metric)
+  header = keys + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["n", "best"]
+  write_csv(os.path.join(out, "results.csv"), header, [
+      [g["config"][k] for k in keys]
+      + [v for m in metrics for v in (g["stats"][m][:2] if m in g["stats"] else ("", ""))]
+      + [g["n"], int(i == best)] for i, g in enumerate(groups)])
+  write_csv(os.path.join(out, "trials.csv"), ["trial", *keys, "seed", *metrics, "step"], [
+      [r["name"], *(r["overrides"].get(k, "-") for k in keys), r["result"].get("seed"),
+       *(r["metrics"].get(m, "") for m in metrics), r["result"]["step"]] for r in rows])
+  figures = plots(out, groups, keys, metric, rows)
+  return {"markdown": text, "dir": out, "figures": figures}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__.split("\n")[0])
+  p.add_argument("--root", required=True, help="the sweep's --root")
+  p.add_argument("--metric", help="the metric that picks the best row (default: the runs' best_by)")
+  p.add_argument("--which", choices=("final", "best"), default="final",
+                 help="final eval, or the eval step best by the runs' best_by metric")
+  p.add_argument("--out", help="output directory (default <root>/report)")
+  args = p.parse_args(argv)
+  try:
+    done = report(args.root, args.metric, args.which, args.out)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(done["markdown"])
+  print(f"report: {done['dir']}/results.md, results.csv, trials.csv")
+  for path in done["figures"]:
+    print(f"plot: {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,227 @@
+r"""Run an experiment's sweep: every trial in its own directory, locally, on SLURM, or printed.
+
+    python -m launch.sweep --config=experiments/g2p_attention.py:smoke=True --root=runs/sweep \
+        [--sweep=sweep] [--backend=local|slurm|print] [--max-parallel=2] [--seeds=3]
+
+Trial directories are `<root>/<overrides>` (e.g. `attention=luong,score=dot,seed=1`),
+each the trial's trainer workdir with its output in `log.txt`; `<root>/sweep.json`
+records the trials, their status and results. Rerunning the same command skips
+finished trials (their files are never touched), resumes interrupted ones from
+their checkpoints and retries failed ones. A failing trial is recorded (exit
+code, last log lines) and the others go on. Exit code: 0 when every trial has
+finished, 1 when some failed, 2 for a bad sweep, 130 when interrupted.
+Then: `python -m launch.report --root=<root>`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+
+from launch import local, manifest as manifest_lib, slurm, trials as trials_lib
+
+TAIL_LINES = 20
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m launch.sweep", description=__doc__.split("\n")[0])
+  p.add_argument("--config", required=True, help="experiments/<name>.py[:key=value,...]")
+  p.add_argument("--sweep", default="sweep", help="the sweep function in the experiment file")
+  p.add_argument("--root", required=True, help="directory of the sweep's trials")
+  p.add_argument("--backend", choices=("local", "slurm", "print"), default="local")
+  p.add_argument("--max-parallel", type=int, default=1, help="local: trials at once")
+  p.add_argument("--seeds", type=int, default=0, help="repeat every trial with seeds 0..K-1")
+  g = p.add_argument_group("slurm (defaults from the experiment's SLURM dict)")
+  g.add_argument("--partition")
+  g.add_argument("--gpus", type=int, help="GPUs per node (one process each)")
+  g.add_argument("--nodes", type=int)
+  g.add_argument("--time", type=int, help="minutes per trial")
+  g.add_argument("--cpus", type=int, help="CPUs per task")
+  g.add_argument("--wait", action="store_true", help="wait for the jobs and record their ends")
+  g.add_argument("--cluster", default=None, help=argparse.SUPPRESS)  # 'local' in tests
+  return p
+
+
+def _tail(path: str, lines: int = TAIL_LINES) -> list[str]:
+  try:
+    with open(path, errors="replace") as f:
+      return f.read().splitlines()[-lines:]
+  except OSError:
+    return []
+
+
+def _headline(result: dict) -> str:
+  final, key = result.get("final", {}), result.get("best_by", "loss")
+  shown = [k for k in (key, "per", "bleu", "sequence_accuracy") if k in final][:2]
+  return ", ".join(f"{k} {final[k]:.4g}" for k in dict.fromkeys(shown))
+
+
+class Sweep:
+  """One invocation: the trials, their manifest and the progress lines."""
+
+  def __init__(self, args, trials):
+    self.args, self.trials = args, trials
+    self.root = os.path.abspath(args.root)
+    self.cwd = os.getcwd()
+    os.makedirs(self.root, exist_ok=True)
+    self.manifest = manifest_lib.Manifest(self.root, args.config, args.sweep)
+    self.started: dict[str, float] = {}
+
+  def workdir(self, name: str) -> str:
+    return os.path.join(self.root, name)
+
+  def result_path(self, name: str) -> str:
+    return os.path.join(self.workdir(name), "result.json")
+
+  def register(self) -> list[trials_lib.Trial]:
+    """Records every trial; returns those still to run (no result.json)."""
+    todo = []
+    for index, trial in enumerate(self.trials):
+      workdir = self.workdir(trial.name)
+      record = self.manifest.trials.get(trial.name, {})
+      fields = dict(index=index, overrides=trial.overrides, workdir=workdir,
+                    log=os.path.join(workdir, "log.txt"), result=self.result_path(trial.name),
+                    command=trial.command(self.args.config, workdir))
+      if os.path.exists(self.result_path(trial.name)):
+        if record.get("status") != "done":
+          fields.update(status="done")
+        self.manifest.update(trial.name, **fields)
+        print(f"skip  {trial.name}: finished", flush=True)
+      else:
+        fields.setdefault("status", record.get("status", "pending"))
+        self.manifest.update(trial.name, **fields)
+        todo.append(trial)
+    return todo
+
+  def count_line(self) -> str:
+    c = self.manifest.counts(t.name for t in self.trials)
+    return f"[{c['done']} done / {c['running']} running / {c['failed']} failed / {c['left']} left]"
+
+  def on_start(self, name: str, cores) -> None:
+    record = self.manifest.trials[name]
+    checkpoints = os.path.join(self.workdir(name), "checkpoints")
+    resuming = os.path.isdir(checkpoints) and any(s.isdigit() for s in os.listdir(checkpoints))
+    self.manifest.update(name, status="running", started=manifest_lib.now(), cores=list(cores),
+                         attempts=record.get("attempts", 0) + 1)
+    self.started[name] = time.perf_counter()
+    how = "resume" if resuming else "start"
+    print(f"{how:5s} {name} (cores {','.join(map(str, cores))}) {self.count_line()}", flush=True)
+
+  def on_end(self, name: str, code: int, interrupted: bool) -> None:
+    seconds = time.perf_counter() - self.started.pop(name, time.perf_counter())
+    log = self.manifest.trials[name]["log"]
+    if code == 0 and os.path.exists(self.result_path(name)):
+      with open(self.result_path(name)) as f:
+        result = json.load(f)
+      self.manifest.update(name, status="done", exit_code=0, ended=manifest_lib.now())
+      print(f"done  {name} in {seconds:.0f}s: {_headline(result)} {self.count_line()}", flush=True)
+    elif interrupted or code == 0:  # the trainer saved on SIGTERM and exits 0 without a result
+      self.manifest.update(name, status="interrupted", exit_code=code, ended=manifest_lib.now())
+      print(f"stop  {name}: interrupted; rerun the sweep to resume it", flush=True)
+    else:
+      tail = _tail(log)
+      self.manifest.update(name, status="failed", exit_code=code, ended=manifest_lib.now(),
+                           log_tail=tail)
+      last = next((line for line in reversed(tail) if line.strip()), "")
+      print(f"FAIL  {name}: exit {code} after {seconds:.0f}s: {last} (log: {log}) "
+            f"{self.count_line()}", flush=True)
+
+  def run_local(self, todo) -> bool:
+    jobs = [local.Job(t.name, self.manifest.trials[t.name]["command"],
+                      self.manifest.trials[t.name]["log"], self.on_start, self.on_end)
+            for t in todo]
+    for t in todo:
+      os.makedirs(self.workdir(t.name), exist_ok=True)
+    return local.run(jobs, self.args.max_parallel, self.cwd)
+
+  def run_slurm(self, todo, defaults: dict) -> None:
+    a = self.args
+    pick = lambda key, fallback: getattr(a, key) if getattr(a, key) is not None else defaults.get(
+        key, fallback)
+    folder = os.path.join(self.root, "submitit")
+    queued = [t for t in todo if self.manifest.trials[t.name].get("job_id")
+              and self.manifest.trials[t.name].get("status") == "submitted"
+              and slurm.pending(folder, self.manifest.trials[t.name]["job_id"])]
+    for t in queued:
+      print(f"queued {t.name}: job {self.manifest.trials[t.name]['job_id']}", flush=True)
+    todo = [t for t in todo if t not in queued]
+    params = slurm.parameters(pick("partition", None), pick("gpus", 0), pick("time", 240),
+                              pick("cpus", 8), pick("nodes", 1), name=os.path.basename(self.root))
+    for t in todo:
+      os.makedirs(self.workdir(t.name), exist_ok=True)
+    jobs = slurm.submit([(t.name, self.manifest.trials[t.name]["command"],
+                          self.manifest.trials[t.name]["log"]) for t in todo],
+                        folder, self.cwd, params, cluster=a.cluster)
+    for name, job in jobs.items():
+      record = self.manifest.trials[name]
+      self.manifest.update(name, status="submitted", job_id=str(job.job_id),
+                           attempts=record.get("attempts", 0) + 1, started=manifest_lib.now())
+      self.started[name] = time.perf_counter()
+      print(f"submit {name}: job {job.job_id}", flush=True)
+    if not a.wait:
+      print(f"submitted {len(jobs)} jobs; rerun this command to update their status", flush=True)
+      return
+    for name, job in jobs.items():
+      self.on_end(name, slurm.exit_code(job), interrupted=False)
+
+
+def prepare_data(todo) -> None:
+  """Builds each data set the trials read once, here, so parallel trials never build it twice."""
+  from attention_jax import data  # pylint: disable=g-import-not-at-top
+  wanted = {(t.config.data.name, t.config.data.data_dir, t.config.data.manual_dir) for t in todo}
+  for name, data_dir, manual_dir in sorted(wanted, key=str):
+    try:
+      data.get_dataset(name, data_dir=data_dir, manual_dir=manual_dir)
+    except data.DataError as e:  # each trial will report it in its own log
+      print(f"data: {name}: {e}", flush=True)
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    trials = trials_lib.expand(args.config, args.sweep, args.seeds)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if args.max_parallel < 1:
+    print(f"error: --max-parallel must be at least 1, got {args.max_parallel}", file=sys.stderr)
+    return 2
+  root = os.path.abspath(args.root)
+  if args.backend == "print":
+    groups = local.core_groups(args.max_parallel, local.available_cores())
+    for i, t in enumerate(trials):
+      workdir = os.path.join(root, t.name)
+      line = local.shell_line(t.command(args.config, workdir), groups[i % len(groups)])
+      quoted = shlex.quote(workdir)
+      print(f"mkdir -p {quoted} && {line} >> {quoted}/log.txt 2>&1")
+    return 0
+  try:
+    sweep = Sweep(args, trials)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  todo = sweep.register()
+  print(f"sweep {args.config} --sweep={args.sweep}: {len(trials)} trials, {len(todo)} to run "
+        f"({args.backend}) {sweep.count_line()}", flush=True)
+  completed = True
+  if todo:
+    prepare_data(todo)
+  if todo and args.backend == "local":
+    completed = sweep.run_local(todo)
+  elif todo:
+    defaults = getattr(trials_lib.experiment.load(trials_lib.split_spec(args.config)[0]),
+                       "SLURM", {})
+    sweep.run_slurm(todo, defaults)
+  print(f"sweep {sweep.count_line()}: {sweep.manifest.path}", flush=True)
+  print(f"report: python -m launch.report --root={args.root}", flush=True)
+  if not completed:
+    return 130
+  statuses = [sweep.manifest.trials[t.name]["status"] for t in trials]
+  return 1 if "failed" in statuses else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

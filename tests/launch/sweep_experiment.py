@@ -1,0 +1,35 @@
+"""A tiny experiment for the launcher tests: the smoke RNN on the copy task, seconds a trial."""
+from attention_jax import experiment
+
+DEFAULTS = dict(attention="luong", score="dot", steps=6)
+
+
+def get_config(arg=None):
+  args = experiment.parse_arg(arg, DEFAULTS)
+  c = experiment.base_config()
+  c.data.name = "algorithmic/copy"
+  c.model.update(dict(attention=args["attention"], score=args["score"], cell="gru",
+                      bidirectional=True, src_embed_dim=8, tgt_embed_dim=8, hidden_dim=16,
+                      dropout_rate=0.0, max_len=24))
+  experiment.apply_smoke(c)
+  c.data.max_eval_examples = 16
+  c.train.update(steps=args["steps"], heatmap_examples=1, print_examples=0)
+  return c
+
+
+def sweep(add):
+  """Four trials; `attention=bogus` fails (exit 2, named in its log)."""
+  add(attention="none")
+  for score in ("dot", "general"):
+    add(attention="luong", score=score)
+  add(attention="bogus")
+
+
+def long(add):
+  """One trial long enough to be interrupted."""
+  add(**{"train.steps": 60, "train.checkpoint_every": 5, "train.eval_every": 30})
+
+
+def single(add):
+  """One quick trial (the SLURM path through submitit's local executor)."""
+  add(attention="luong", score="general")

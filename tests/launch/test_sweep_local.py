@@ -1,0 +1,139 @@
+"""A real local sweep of tiny trials: a failure is isolated, reruns skip and resume, the report
+holds the trials' own numbers."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from launch import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SPEC = "tests/launch/sweep_experiment.py"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+def _sweep(data_dir, *args, **popen):
+  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  command = [sys.executable, "-m", "launch.sweep", f"--config={SPEC}", *args]
+  if popen:
+    return subprocess.Popen(command, cwd=ROOT, env=env, text=True, **popen)
+  return subprocess.run(command, cwd=ROOT, env=env, text=True, capture_output=True, timeout=600)
+
+
+def _files(trial_dir):
+  """Every file under a trial directory but its log: path -> (size, mtime)."""
+  out = {}
+  for dirpath, _, names in os.walk(trial_dir):
+    for name in names:
+      path = os.path.join(dirpath, name)
+      if name != "log.txt":
+        out[path] = (os.path.getsize(path), os.stat(path).st_mtime_ns)
+  return out
+
+
+def test_sweep_isolates_failure_reruns_skip_and_report_matches(data_dir, tmp_path):
+  root = tmp_path / "sweep"
+  first = _sweep(data_dir, f"--root={root}", "--max-parallel=2")
+  assert first.returncode == 1, first.stdout + first.stderr  # one trial failed
+  manifest = json.loads((root / "sweep.json").read_text())
+  status = {name: t["status"] for name, t in manifest["trials"].items()}
+  assert status == {"attention=none": "done", "attention=luong,score=dot": "done",
+                    "attention=luong,score=general": "done", "attention=bogus": "failed"}
+  failed = manifest["trials"]["attention=bogus"]
+  assert failed["exit_code"] == 2
+  assert any("attention='bogus' is unknown" in line for line in failed["log_tail"])
+  assert "FAIL  attention=bogus: exit 2" in first.stdout
+  assert first.stdout.count("start ") == 4 and "[3 done / 0 running / 1 failed / 0 left]" in (
+      first.stdout)
+  for name in ("attention=none", "attention=luong,score=dot"):
+    assert json.loads((root / name / "result.json").read_text())["step"] == 6
+    assert "step 6/6" in (root / name / "log.txt").read_text()
+
+  finished = {n: _files(root / n) for n, s in status.items() if s == "done"}
+  second = _sweep(data_dir, f"--root={root}", "--max-parallel=2")
+  assert second.returncode == 1
+  assert second.stdout.count("skip  ") == 3 and second.stdout.count("start ") == 1
+  assert {n: _files(root / n) for n in finished} == finished  # nothing rewritten
+  again = json.loads((root / "sweep.json").read_text())["trials"]["attention=bogus"]
+  assert again["attempts"] == 2 and again["status"] == "failed"
+
+  other = _sweep(data_dir, f"--root={root}", "--sweep=long")
+  assert other.returncode == 2 and "holds the sweep" in other.stderr
+
+  done = report.report(str(root))
+  rows = list(csv.DictReader(open(os.path.join(done["dir"], "results.csv"))))
+  assert [(r["attention"], r["score"]) for r in rows] == [
+      ("none", "-"), ("luong", "dot"), ("luong", "general")]
+  results = {n: json.loads((root / n / "result.json").read_text())["final"] for n in finished}
+  by_name = {"attention=none": rows[0], "attention=luong,score=dot": rows[1],
+             "attention=luong,score=general": rows[2]}
+  for name, row in by_name.items():
+    for metric, value in results[name].items():
+      assert float(row[f"{metric}_mean"]) == pytest.approx(value, rel=1e-12)
+      assert float(row[f"{metric}_std"]) == 0.0
+  losses = [results[n]["loss"] for n in by_name]
+  assert [int(r["best"]) for r in rows] == [int(i == np.argmin(losses)) for i in range(3)]
+  assert "attention=bogus (failed, exit 2)" in done["markdown"]
+  for path in done["figures"]:
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_means_and_stds_over_seeds(tmp_path):
+  """Two seeds of one configuration: the table holds their mean and population std."""
+  root = tmp_path / "r"
+  trials = {}
+  for seed, (wer, loss) in enumerate([(0.30, 1.0), (0.20, 3.0)]):
+    name = f"attention=luong,seed={seed}"
+    os.makedirs(root / name)
+    result = {"final": {"wer": wer, "loss": loss}, "best": {}, "best_by": "wer", "step": 10,
+              "wall_time_s": 5.0, "seed": seed}
+    (root / name / "result.json").write_text(json.dumps(result))
+    (root / name / "metrics.jsonl").write_text(
+        json.dumps({"step": 10, "split": "train", "loss": loss}) + "\n"
+        + json.dumps({"step": 10, "split": "eval", "loss": loss, "wer": wer}) + "\n")
+    trials[name] = {"status": "done", "overrides": {"attention": "luong", "seed": seed}}
+  (root / "sweep.json").write_text(json.dumps({"config": "x.py", "sweep": "sweep",
+                                               "trials": trials}))
+  done = report.report(str(root))
+  assert "| **best** | luong | 25.00 ± 5.00 | 2.0000 ± 1.0000 | 2 | 10 | 5 |" in done["markdown"]
+
+
+def test_interrupted_trial_resumes_from_its_checkpoint(data_dir, tmp_path):
+  root = tmp_path / "sweep"
+  trial = root / "train.checkpoint_every=5,train.eval_every=30,train.steps=60"
+  os.makedirs(trial)
+  # The trial's log is a pipe: reading it tells when training is under way, without sleeping.
+  os.mkfifo(trial / "log.txt")
+  sweep = _sweep(data_dir, f"--root={root}", "--sweep=long", stdout=subprocess.PIPE,
+                 stderr=subprocess.STDOUT)
+  with open(trial / "log.txt") as log:
+    for line in log:
+      if line.startswith("step 10/60"):
+        sweep.send_signal(signal.SIGINT)  # Ctrl-C: the sweep passes SIGTERM to the trial
+        break
+    log.read()  # drain until the trial exits
+  out = sweep.communicate(timeout=600)[0]
+  assert sweep.returncode == 130, out
+  assert "interrupted; rerun the sweep to resume it" in out
+  manifest = json.loads((root / "sweep.json").read_text())
+  assert manifest["trials"][trial.name]["status"] == "interrupted"
+  assert not (trial / "result.json").exists()
+  os.remove(trial / "log.txt")
+
+  rerun = _sweep(data_dir, f"--root={root}", "--sweep=long")
+  assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+  assert f"resume {trial.name}" in rerun.stdout
+  log = (trial / "log.txt").read_text()
+  resumed_at = int(log.split("checkpoints at step ")[1].split()[0])
+  assert 10 <= resumed_at < 60
+  assert json.loads((trial / "result.json").read_text())["step"] == 60
