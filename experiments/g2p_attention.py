@@ -15,6 +15,26 @@ from attention_jax import experiment
 DEFAULTS = dict(attention="luong", score="general", cell="lstm", stress=True, steps=3000,
                 smoke=False)
 
+# Published numbers `launch.report` prints beside ours (percent). They are on other splits
+# (the 2007 CMUdict split of Bisani & Ney, or another random split), 39 phonemes without
+# stress: only orderings and rough levels compare.
+REFERENCES = [
+    dict(source="Yao & Zweig 2015", where="bidirectional LSTM", metric="wer_no_stress",
+         value=23.55, note="CMUdict 2007 split"),
+    dict(source="Yao & Zweig 2015", where="bidirectional LSTM", metric="per_no_stress",
+         value=5.45, note="CMUdict 2007 split"),
+    dict(source="Toshniwal & Livescu 2016", where="attention, ensemble", metric="wer_no_stress",
+         value=20.24, note="CMUdict 2007 split"),
+    dict(source="Toshniwal & Livescu 2016", where="attention, ensemble", metric="per_no_stress",
+         value=4.69, note="CMUdict 2007 split"),
+    dict(source="cmusphinx g2p-seq2seq", where="Transformer", metric="wer_no_stress",
+         value=30.2, note="recent CMUdict, own split"),
+    dict(source="Phonetisaurus", where="8-gram", metric="wer_no_stress", value=33.5,
+         note="recent CMUdict, own split"),
+    dict(source="Phonetisaurus", where="8-gram", metric="per_no_stress", value=6.1,
+         note="recent CMUdict, own split"),
+]
+
 
 def get_config(arg=None):
   args = experiment.parse_arg(arg, DEFAULTS)

@@ -102,10 +102,13 @@ def test_report_means_and_stds_over_seeds(tmp_path):
         json.dumps({"step": 10, "split": "train", "loss": loss}) + "\n"
         + json.dumps({"step": 10, "split": "eval", "loss": loss, "wer": wer}) + "\n")
     trials[name] = {"status": "done", "overrides": {"attention": "luong", "seed": seed}}
-  (root / "sweep.json").write_text(json.dumps({"config": "x.py", "sweep": "sweep",
+  exp = tmp_path / "exp.py"
+  exp.write_text('REFERENCES = [dict(source="Paper", where="Table 2", metric="wer", value=23.5)]\n')
+  (root / "sweep.json").write_text(json.dumps({"config": f"{exp}:smoke=True", "sweep": "sweep",
                                                "trials": trials}))
   done = report.report(str(root))
   assert "| **best** | luong | 25.00 ± 5.00 | 2.0000 ± 1.0000 | 2 | 10 | 5 |" in done["markdown"]
+  assert "| Paper | Table 2 | wer (%) | 23.5 | 25.00 ± 5.00 |  |" in done["markdown"]
 
 
 def test_interrupted_trial_resumes_from_its_checkpoint(data_dir, tmp_path):
