@@ -83,3 +83,22 @@ def test_slurm_backend_runs_a_trial_through_submitit(tmp_path):
   assert json.loads((root / name / "result.json").read_text())["step"] == 6
   assert "step 6/6" in (root / name / "log.txt").read_text()
   assert (root / "submitit").is_dir()
+
+
+def test_print_backend_writes_the_local_commands_and_runs_nothing(tmp_path, capsys, monkeypatch):
+  from launch import local, sweep, trials  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(ROOT)
+  monkeypatch.setattr(local, "available_cores", lambda: [0, 1, 2, 3])
+  spec = "tests/launch/sweep_experiment.py:steps=8"
+  assert sweep.main([f"--config={spec}", f"--root={tmp_path}/s", "--backend=print",
+                     "--max-parallel=2"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  expected = trials.expand(spec)
+  assert len(lines) == len(expected) and not os.path.exists(tmp_path / "s")
+  for i, (line, trial) in enumerate(zip(lines, expected)):
+    workdir = f"{tmp_path}/s/{trial.name}"
+    cores = "0,1" if i % 2 == 0 else "2,3"
+    assert line == (f"mkdir -p {shlex.quote(workdir)} && OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 "
+                    f"OPENBLAS_NUM_THREADS=2 taskset -c {cores} "
+                    f"{shlex.join(trial.command(spec, workdir))} >> {shlex.quote(workdir)}/log.txt "
+                    "2>&1")
