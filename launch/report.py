@@ -170,16 +170,21 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
     plt.close(fig)
     written.append(path)
   fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+  colors: dict[str, str] = {}  # one colour per configuration; its seeds share it
   for row in rows:
     if not os.path.exists(row["curve"]):
       continue
+    config = ",".join(f"{k}={v}" for k, v in row["overrides"].items() if k != "seed") or "default"
+    first = config not in colors
+    color = colors.setdefault(config, f"C{len(colors) % 10}")
+    style = dict(color=color, lw=1, label=config if first else None)
     records = [json.loads(line) for line in open(row["curve"])]
     train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
     evals = [(r["step"], r[metric] * s) for r in records if r["split"] == "eval" and metric in r]
     if train:
-      ax_loss.plot(*zip(*train), label=row["name"], lw=1)
+      ax_loss.plot(*zip(*train), **style)
     if evals:
-      ax_metric.plot(*zip(*evals), marker="o", ms=3, label=row["name"], lw=1)
+      ax_metric.plot(*zip(*evals), marker="o", ms=3, **style)
   ax_loss.set(xlabel="step", ylabel="train loss", yscale="log")
   ax_metric.set(xlabel="step", ylabel=f"eval {ylabel}")
   for ax in (ax_loss, ax_metric):
