@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
       decode="greedy",  # 'greedy' or 'beam'
       beam_size=4,
       beam_alpha=0.6,
+      select_by="",  # eval metric that picks the best step ('' : wer, bleu, else loss)
+      early_stop_patience=0,  # stop after this many evals without a better select_by (0: never)
+      test_split="",  # at the end, score the best step's parameters on this split ('' : none)
       heatmap_examples=4,  # eval examples drawn as attention heatmaps at each evaluation
       print_examples=3,
   ))

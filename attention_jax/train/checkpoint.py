@@ -17,10 +17,10 @@ import orbax.checkpoint as ocp
 class Checkpoints:
   """Save every `every` steps (and when asked), keep the last `keep`."""
 
-  def __init__(self, workdir: str, every: int, keep: int = 3):
+  def __init__(self, workdir: str, every: int, keep: int = 3, name: str = "checkpoints"):
     self.every = every
     self.manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        os.path.abspath(os.path.join(workdir, name)),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         item_names=("state", "data"))
 

@@ -64,16 +64,39 @@ def heatmaps_at(state, model, dataset, batch: dict, n: int, out_dir: str, writer
   return paths
 
 
+# Selection metrics where higher is better; every other metric is an error or a loss.
+HIGHER_IS_BETTER = ("accuracy", "sequence_accuracy", "bleu")
+
+
+def selection_metric(config, scores: dict[str, float]) -> str:
+  """`train.select_by`, or the data set's headline metric: WER, BLEU, else the loss."""
+  if config.train.select_by:
+    return config.train.select_by
+  return next((k for k in ("wer", "bleu") if k in scores), "loss")
+
+
+def better(metric: str, a: float, b: float) -> bool:
+  """Whether score `a` beats `b` on `metric`."""
+  return a > b if metric in HIGHER_IS_BETTER else a < b
+
+
 def run(state, model, dataset, config, mesh, eval_step, step: int, workdir: str,
-        writer, progress) -> tuple[dict[str, float], str | None]:
-  """(eval metrics at `step`, the heatmap directory `<workdir>/attention/step_<step>` or None)."""
-  split, cfg = config.data.eval_split, config.train
+        writer, progress, split: str | None = None, limit: int | None = None,
+        examples: list | None = None, draw: bool = True) -> tuple[dict[str, float], str | None]:
+  """(metrics on `split` at `step`, the heatmap directory `<workdir>/attention/step_<step>` or None).
+
+  `split` defaults to `data.eval_split` and `limit` (decoded examples, 0: all) to
+  `data.max_eval_examples`; `examples`, when a list, receives one dict per decoded
+  example (source, prediction, references, correct); `draw=False` skips the heatmaps.
+  """
+  split, cfg = split or config.data.eval_split, config.train
   batches = data_pipeline.make_pipeline(dataset, split, batch_size=config.data.eval_batch_size,
                                         train=False)
   texts = dataset.texts(split)
   sums: dict[str, float] = {}
   predictions, references, sources = [], [], []
-  limit = config.data.max_eval_examples or len(texts)
+  limit = config.data.max_eval_examples if limit is None else limit
+  limit = limit or len(texts)
   first = None
   for batch in batches:
     first = first or batch
@@ -107,10 +130,13 @@ def run(state, model, dataset, config, mesh, eval_step, step: int, workdir: str,
     split = dataset.target_vocab.split
     metrics["token_error_rate"] = scoring.phoneme_error_rate(
         [split(p) for p in predictions], [[split(r) for r in refs] for refs in references])
+  if examples is not None:
+    examples.extend({"source": src, "prediction": p, "references": refs, "correct": p in refs}
+                    for src, p, refs in zip(sources, predictions, references))
   for i in range(min(cfg.print_examples, len(predictions))):
     progress.write(f"  {sources[i]!r} -> {predictions[i]!r} (reference {references[i][0]!r})")
   out_dir = None
-  if cfg.heatmap_examples and first is not None:
+  if draw and cfg.heatmap_examples and first is not None:
     out_dir = os.path.join(workdir, "attention", f"step_{step}")
     if not heatmaps_at(state, model, dataset, first, cfg.heatmap_examples, out_dir, writer, step):
       out_dir = None

@@ -106,6 +106,59 @@ def _git_commit() -> str | None:
     return None
 
 
+def _eval_history(workdir: str, step: int) -> list[tuple[int, dict]]:
+  """Eval records already in metrics.jsonl up to `step` (a resumed run's best and patience)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not step or not os.path.exists(path):
+    return []
+  history = {}
+  with open(path) as f:
+    for line in f:
+      row = json.loads(line)
+      if row.pop("split") == "eval" and row["step"] <= step:
+        history[row.pop("step")] = row  # a step evaluated twice (killed, resumed): the last
+  return sorted(history.items())
+
+
+def _best(config, history) -> tuple[int | None, dict]:
+  """(step, scores) of the best evaluation by the selection metric."""
+  if not history:
+    return None, {}
+  key = evaluation.selection_metric(config, history[-1][1])
+  best = history[0]
+  for entry in history[1:]:
+    if evaluation.better(key, entry[1][key], best[1][key]):
+      best = entry
+  return best
+
+
+def _patience_ran_out(config, history) -> bool:
+  patience = config.train.early_stop_patience
+  if not patience or not history:
+    return False
+  best_step = _best(config, history)[0]
+  return sum(1 for s, _ in history if s > best_step) >= patience
+
+
+def _test(config, state, best_ckpt, history, model, dataset, mesh, eval_step, workdir, writer,
+          progress, is_main) -> dict:
+  """Scores the best eval step's parameters on `train.test_split`; writes every decoded
+  example to `predictions_<split>.jsonl`. Returns the result.json fields."""
+  split = config.train.test_split
+  step = best_ckpt.latest_step() if best_ckpt is not None else None
+  if step is not None:
+    state = best_ckpt.restore(state)[0]
+  examples = []
+  scores, _ = evaluation.run(state, model, dataset, config, mesh, eval_step, step or 0, workdir,
+                             writer, progress, split=split, limit=0, examples=examples,
+                             draw=False)
+  progress.write(f"{split} (step {step}): " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+  if is_main:
+    text = "".join(json.dumps(e) + "\n" for e in examples)
+    paths.atomic_write_bytes(os.path.join(workdir, f"predictions_{split}.jsonl"), text.encode())
+  return {"test": scores, "test_split": split, "test_step": step}
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) the experiment; returns the contents of `result.json`."""
   start_time = time.perf_counter()
@@ -118,6 +171,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     dataset = dataset or get_dataset()
   else:
     dataset = get_dataset()
+  for key in ("test_split",):
+    if config.train[key] and config.train[key] not in dataset.splits:
+      raise ConfigError(f"train.{key}={config.train[key]!r} is not a split of {dataset.name}; "
+                        f"known: {', '.join(dataset.splits)}")
   model_config = dict(config.model, vocab_size=dataset.target_vocab.size)
   if config.model.name != "lm":
     model_config["src_vocab_size"] = dataset.input_vocab.size
@@ -135,6 +192,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state, shardings = setup.create_state(model, tx, rng, _dummy_batch(local_batch), mesh)
   ckpt = checkpoint.Checkpoints(workdir, config.train.checkpoint_every,
                                 config.train.keep_checkpoints)
+  # The best eval step's state, for the test split and early stopping.
+  keep_best = bool(config.train.test_split or config.train.early_stop_patience)
+  best_ckpt = checkpoint.Checkpoints(workdir, 0, keep=1, name="best") if keep_best else None
   step = 0
   if ckpt.latest_step() is not None:
     state, data_state, step = ckpt.restore(state)
@@ -157,7 +217,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   progress = metrics_lib.Progress(step, config.train.steps, config.train.log_every,
                                   enabled=is_main)
-  history, heatmap_dir = [], None
+  history, heatmap_dir = _eval_history(workdir, step), None
 
   def evaluate_now():
     nonlocal heatmap_dir
@@ -166,6 +226,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.write(step, "eval", scores)
     history.append((step, scores))
     progress.write(f"eval step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+    if best_ckpt is not None and _best(config, history)[0] == step:
+      best_ckpt.save(step, state, train_iter.get_state(), force=True)
 
   window_time, window_steps, window_tokens = time.perf_counter(), 0, 0.0
   try:
@@ -189,24 +251,37 @@ def train_and_evaluate(config, workdir: str) -> dict:
       progress.update(step, metrics)
       if step % config.train.eval_every == 0 or step == config.train.steps:
         evaluate_now()
+        if _patience_ran_out(config, history):
+          progress.write(f"early stop at step {step}: no better "
+                         f"{evaluation.selection_metric(config, history[-1][1])} in "
+                         f"{config.train.early_stop_patience} evaluations")
+          stop["early"] = True
+          break
       ckpt.save(step, state, train_iter.get_state())
     ckpt.save(step, state, train_iter.get_state(), force=True)
     ckpt.wait()
     if not history and not stop["sigterm"]:  # resumed at the last step: evaluate it once
       evaluate_now()
+    test = {}
+    if config.train.test_split and not stop["sigterm"]:
+      test = _test(config, state, best_ckpt, history, model, dataset, mesh, eval_step, workdir,
+                   writer, progress, is_main)
   finally:
     signal.signal(signal.SIGTERM, previous)
     progress.close()
     writer.close()
     ckpt.close()
+    if best_ckpt is not None:
+      best_ckpt.close()
   if stop["sigterm"]:
     print(f"SIGTERM: saved step {step} to {workdir}/checkpoints; rerun to resume", flush=True)
     return {}
 
-  key = "wer" if history and "wer" in history[-1][1] else "loss"
-  best_step, best = min(history, key=lambda h: h[1][key]) if history else (None, {})
+  best_step, best = _best(config, history)
+  key = evaluation.selection_metric(config, history[-1][1]) if history else "loss"
   result = {"final": history[-1][1] if history else {}, "best": best, "best_step": best_step,
             "best_by": key, "step": step, "num_params": num_params,
+            "stopped_early": bool(stop.get("early")), **test,
             "wall_time_s": time.perf_counter() - start_time, "seed": config.seed,
             "config_hash": hashlib.sha256(config_json.encode()).hexdigest()[:16],
             "git_commit": _git_commit(), "heatmaps": heatmap_dir}
