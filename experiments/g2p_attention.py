@@ -5,7 +5,8 @@ r"""Grapheme-to-phoneme on CMUdict with an attention RNN encoder-decoder (the de
         --workdir=runs/g2p_bahdanau --config.train.steps=5000
     python -m attention_jax.main --config=experiments/g2p_attention.py:smoke=True --workdir=/tmp/smoke
 
-Arguments (after the colon): attention, score, cell, stress, steps, smoke.
+Arguments (after the colon): attention, score, cell, stress, steps, test (at the end, score
+the best dev step on the test split), smoke.
 
 Sweeps (`python -m launch.sweep --config=experiments/g2p_attention.py --sweep=NAME`):
 `sweep`, every attention kind and score; `small`, the 2-core ablation of `make sweep`.
@@ -13,7 +14,7 @@ Sweeps (`python -m launch.sweep --config=experiments/g2p_attention.py --sweep=NA
 from attention_jax import experiment
 
 DEFAULTS = dict(attention="luong", score="general", cell="lstm", stress=True, steps=3000,
-                smoke=False)
+                test=False, smoke=False)
 
 # Published numbers `launch.report` prints beside ours (percent). They are on other splits
 # (the 2007 CMUdict split of Bisani & Ney, or another random split), 39 phonemes without
@@ -44,6 +45,7 @@ def get_config(arg=None):
       attention=args["attention"], score=args["score"], cell=args["cell"], bidirectional=True,
       src_embed_dim=64, tgt_embed_dim=64, hidden_dim=128, dropout_rate=0.1, max_len=48))
   c.train.steps = args["steps"]  # 3000: about 5 minutes on 2 CPU cores
+  c.train.test_split = "test" if args["test"] else ""
   if args["smoke"]:
     experiment.apply_smoke(c)
   return c

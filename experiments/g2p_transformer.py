@@ -6,12 +6,12 @@ r"""Grapheme-to-phoneme on CMUdict with a Transformer encoder-decoder (Vaswani e
     python -m attention_jax.main --config=experiments/g2p_transformer.py:smoke=True --workdir=/tmp/smoke
 
 Arguments (after the colon): heads, head_dim (0: d_model / heads), dropout,
-label_smoothing, positions, pre_ln, weighted, stress, steps, smoke.
+label_smoothing, positions, pre_ln, weighted, stress, steps, test, smoke.
 """
 from attention_jax import experiment
 
 DEFAULTS = dict(heads=4, head_dim=0, dropout=0.1, label_smoothing=0.1, positions="sinusoidal",
-                pre_ln=True, weighted=False, stress=True, steps=3000, smoke=False)
+                pre_ln=True, weighted=False, stress=True, steps=3000, test=False, smoke=False)
 
 
 def get_config(arg=None):
@@ -27,6 +27,7 @@ def get_config(arg=None):
   c.train.label_smoothing = args["label_smoothing"]
   c.optim.update(learning_rate=1e-3, warmup_steps=400)
   c.train.steps = args["steps"]
+  c.train.test_split = "test" if args["test"] else ""
   if args["smoke"]:
     experiment.apply_smoke(c)
   return c

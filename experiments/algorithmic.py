@@ -1,0 +1,39 @@
+r"""Copy, reverse, sort and addition with an RNN encoder-decoder: attention vs none, soft vs
+hard attention (Xu et al. 2015), and length generalisation.
+
+Train and dev sequences have 1-20 symbols, test 21-40 (attention_jax/data/algorithmic.py),
+so the test split's sequence accuracy measures how far a model generalises in length.
+Model selection uses dev sequence accuracy; the best dev step is scored on test.
+
+    python -m attention_jax.main --config=experiments/algorithmic.py:task=reverse --workdir=runs/rev
+    python -m launch.sweep --config=experiments/algorithmic.py --root=runs/algorithmic --seeds=3
+
+Arguments (after the colon): task, attention, score, steps, smoke.
+"""
+from attention_jax import experiment
+
+DEFAULTS = dict(task="copy", attention="luong", score="dot", steps=3000, smoke=False)
+
+
+def get_config(arg=None):
+  args = experiment.parse_arg(arg, DEFAULTS)
+  c = experiment.base_config()
+  c.data.name = "algorithmic/" + args["task"]
+  c.data.max_eval_examples = 0  # dev and test have 1,000 sequences each: decode them all
+  c.model.update(dict(
+      attention=args["attention"], score=args["score"], cell="gru", bidirectional=True,
+      src_embed_dim=32, tgt_embed_dim=32, hidden_dim=128, dropout_rate=0.0, max_len=48))
+  c.train.update(steps=args["steps"], eval_every=500, select_by="sequence_accuracy",
+                 test_split="test")
+  if args["smoke"]:
+    experiment.apply_smoke(c)
+    c.data.max_eval_examples = 32
+  return c
+
+
+def sweep(add):
+  """Every task: no attention, soft (Luong dot) and hard attention."""
+  for task in ("copy", "reverse", "sort", "addition"):
+    add(task=task, attention="none")
+    add(task=task, attention="luong", score="dot")
+    add(task=task, attention="hard", score="dot")

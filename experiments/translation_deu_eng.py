@@ -1,0 +1,37 @@
+r"""German -> English FreeDict example phrases with an RNN encoder-decoder: no attention vs
+Bahdanau additive vs Luong dot and general attention. BLEU (sacrebleu) on dev selects the
+best step; that step is scored on test, and BLEU by source length comes from
+`predictions_test.jsonl`. A small corpus (33k pairs): trends only.
+
+Needs the FreeDict file: `apt-get install dict-freedict-deu-eng`, then
+    python -m attention_jax.data.prepare freedict_deu_eng --manual_dir /usr/share/dictd
+    python -m attention_jax.main --config=experiments/translation_deu_eng.py:attention=bahdanau,score=additive \
+        --workdir=runs/deu_eng
+
+Arguments (after the colon): attention, score, steps, smoke.
+"""
+from attention_jax import experiment
+
+DEFAULTS = dict(attention="luong", score="general", steps=4000, smoke=False)
+
+
+def get_config(arg=None):
+  args = experiment.parse_arg(arg, DEFAULTS)
+  c = experiment.base_config()
+  c.data.update(name="freedict_deu_eng", manual_dir="/usr/share/dictd", max_eval_examples=0)
+  c.model.update(dict(
+      attention=args["attention"], score=args["score"], cell="lstm", bidirectional=True,
+      src_embed_dim=128, tgt_embed_dim=128, hidden_dim=256, dropout_rate=0.2, max_len=128))
+  c.optim.learning_rate = 2e-3
+  c.train.update(steps=args["steps"], eval_every=1000, test_split="test")
+  if args["smoke"]:
+    experiment.apply_smoke(c)
+  return c
+
+
+def sweep(add):
+  """No attention vs the three scores of Luong et al. 2015 (additive = Bahdanau's)."""
+  add(attention="none")
+  add(attention="bahdanau", score="additive")
+  add(attention="luong", score="dot")
+  add(attention="luong", score="general")
