@@ -1,6 +1,6 @@
 r"""Turn a sweep's trials into one table and plots.
 
-    python -m launch.report --root=runs/sweep [--metric=wer] [--which=final|best] [--out=DIR]
+    python -m launch.report --root=runs/sweep [--metric=wer] [--which=final|best|test] [--out=DIR]
 
 Reads `<root>/sweep.json` and every finished trial's `result.json` and
 `metrics.jsonl`. Writes to `<root>/report/` (or --out):
@@ -52,6 +52,8 @@ def collect(root: str, which: str = "final") -> tuple[dict, list[dict]]:
     if not os.path.exists(result_path):
       continue
     result = _load_json(result_path)
+    if which not in result:  # `test`: a run without train.test_split
+      continue
     rows.append({"name": name, "overrides": record.get("overrides", {}),
                  "metrics": result[which], "result": result,
                  "curve": os.path.join(root, name, "metrics.jsonl")})
@@ -202,7 +204,7 @@ def report(root: str, metric: str | None = None, which: str = "final",
   """Writes the report files; returns their paths and the markdown."""
   manifest, rows = collect(root, which)
   if not rows:
-    raise ValueError(f"{root}: no finished trial yet (no result.json)")
+    raise ValueError(f"{root}: no finished trial with {which!r} scores yet (result.json)")
   metric = metric or rows[0]["result"].get("best_by", "loss")
   metrics = sorted({m for row in rows for m in row["metrics"]})
   if metric not in metrics:
@@ -238,8 +240,9 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__.split("\n")[0])
   p.add_argument("--root", required=True, help="the sweep's --root")
   p.add_argument("--metric", help="the metric that picks the best row (default: the runs' best_by)")
-  p.add_argument("--which", choices=("final", "best"), default="final",
-                 help="final eval, or the eval step best by the runs' best_by metric")
+  p.add_argument("--which", choices=("final", "best", "test"), default="final",
+                 help="final eval, the eval step best by the runs' best_by metric, or that "
+                      "step's scores on the test split (train.test_split)")
   p.add_argument("--out", help="output directory (default <root>/report)")
   args = p.parse_args(argv)
   try:
