@@ -96,7 +96,7 @@ def test_report_means_and_stds_over_seeds(tmp_path):
     name = f"attention=luong,seed={seed}"
     os.makedirs(root / name)
     result = {"final": {"wer": wer, "loss": loss}, "best": {}, "best_by": "wer", "step": 10,
-              "wall_time_s": 5.0, "seed": seed}
+              "wall_time_s": 5.0, "seed": seed, "test": {"wer": wer / 2}}
     (root / name / "result.json").write_text(json.dumps(result))
     (root / name / "metrics.jsonl").write_text(
         json.dumps({"step": 10, "split": "train", "loss": loss}) + "\n"
@@ -109,6 +109,8 @@ def test_report_means_and_stds_over_seeds(tmp_path):
   done = report.report(str(root))
   assert "| **best** | luong | 25.00 ± 5.00 | 2.0000 ± 1.0000 | 2 | 10 | 5 |" in done["markdown"]
   assert "| Paper | Table 2 | wer (%) | 23.5 | 25.00 ± 5.00 |  |" in done["markdown"]
+  test = report.report(str(root), which="test")
+  assert "| **best** | luong | 12.50 ± 2.50 | 2 | 10 | 5 |" in test["markdown"]
 
 
 def test_interrupted_trial_resumes_from_its_checkpoint(data_dir, tmp_path):
