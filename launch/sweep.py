@@ -86,12 +86,12 @@ class Sweep:
                     log=os.path.join(workdir, "log.txt"), result=self.result_path(trial.name),
                     command=trial.command(self.args.config, workdir))
       if os.path.exists(self.result_path(trial.name)):
-        if record.get("status") != "done":
-          fields.update(status="done")
-        self.manifest.update(trial.name, **fields)
+        self.manifest.update(trial.name, status="done", **fields)
         print(f"skip  {trial.name}: finished", flush=True)
       else:
-        fields.setdefault("status", record.get("status", "pending"))
+        status = record.get("status", "pending")
+        # 'running' left by a sweep that was killed outright: its trial is gone.
+        fields["status"] = "interrupted" if status == "running" else status
         self.manifest.update(trial.name, **fields)
         todo.append(trial)
     return todo
@@ -120,7 +120,8 @@ class Sweep:
       print(f"done  {name} in {seconds:.0f}s: {_headline(result)} {self.count_line()}", flush=True)
     elif interrupted or code == 0:  # the trainer saved on SIGTERM and exits 0 without a result
       self.manifest.update(name, status="interrupted", exit_code=code, ended=manifest_lib.now())
-      print(f"stop  {name}: interrupted; rerun the sweep to resume it", flush=True)
+      print(f"stop  {name}: interrupted; rerun the sweep to resume it {self.count_line()}",
+            flush=True)
     else:
       tail = _tail(log)
       self.manifest.update(name, status="failed", exit_code=code, ended=manifest_lib.now(),
