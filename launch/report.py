@@ -27,11 +27,11 @@ import numpy as np
 
 from attention_jax import experiment
 from attention_jax.data import paths
+from attention_jax.train.evaluation import HIGHER_IS_BETTER  # the trainer's best-step rule
 from launch import manifest as manifest_lib, trials as trials_lib
 
 PERCENT = ("wer", "per", "wer_no_stress", "per_no_stress", "accuracy", "sequence_accuracy",
            "token_error_rate")
-HIGHER_IS_BETTER = ("accuracy", "sequence_accuracy", "bleu")
 
 
 def _load_json(path: str):
