@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/g2p_attention
 SWEEP_ROOT ?= runs/g2p_small
 
-.PHONY: train test sweep report clean
+.PHONY: train test sweep report bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ sweep: $(STAMP)
 # The sweep's table (markdown, CSV) and plots, in $(SWEEP_ROOT)/report/.
 report: $(STAMP)
 	$(PY) -m launch.report --root=$(SWEEP_ROOT)
+
+# Speed against PyTorch (BENCHMARKS.md): adds the `bench` extra (torch CPU) to .venv once.
+bench: $(STAMP)
+	test -f $(VENV)/.installed-bench || { $(PY) -m pip install --quiet -e '.[dev,bench]' && touch $(VENV)/.installed-bench; }
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -64,9 +64,11 @@ def dot_product_attention_weights(query: Array, key: Array, mask: Array | None =
   b, t, n, h = query.shape
   s, k = key.shape[1], key.shape[2]
   scale = h ** -0.5 if scale is None else scale
-  grouped = query.reshape(b, t, k, n // k, h)  # [batch, q_len, kv_heads, group, head_dim]
-  scores = jnp.einsum("btkgh,bskh->bkgts", grouped, key,
-                      preferred_element_type=jnp.float32)
+  # Heads before positions on both sides, so the score matmul is a plain batched one.
+  # Left to XLA, the transposes land on the [q_len, kv_len] scores in the backward pass.
+  grouped = jnp.transpose(query.reshape(b, t, k, n // k, h), (0, 2, 3, 1, 4))  # [batch, kv_heads, group, q_len, head_dim]
+  key = jnp.transpose(key, (0, 2, 1, 3))  # [batch, kv_heads, kv_len, head_dim]
+  scores = jnp.einsum("bkgth,bksh->bkgts", grouped, key, preferred_element_type=jnp.float32)
   scores = scores.reshape(b, n, t, s) * scale  # [batch, heads, q_len, kv_len]
   if bias is not None:
     scores = scores + bias.astype(jnp.float32)
@@ -87,8 +89,9 @@ def weighted_values(weights: Array, value: Array) -> Array:
   b, n, t, s = weights.shape
   k, h = value.shape[2], value.shape[3]
   grouped = weights.reshape(b, k, n // k, t, s).astype(value.dtype)
-  out = jnp.einsum("bkgts,bskh->btkgh", grouped, value)  # [batch, q_len, kv_heads, group, head_dim]
-  return out.reshape(b, t, n, h)
+  value = jnp.transpose(value, (0, 2, 1, 3))  # [batch, kv_heads, kv_len, head_dim]
+  out = jnp.einsum("bkgts,bksh->bkgth", grouped, value)  # [batch, kv_heads, group, q_len, head_dim]
+  return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, n, h)
 
 
 def _reference(query, key, value, mask, bias, is_causal, scale):

@@ -74,7 +74,7 @@ class Alignment(nn.Module):
     if self.score == "additive":
       d_a = self.attention_dim or d_k
       return {"w_q": self._param("w_q", (d_q, d_a), ("hidden", "attention")),
-              "w_k": self._param("w_k", (d_k, d_a), ("memory", "attention")),
+              "w_k": self._w_k(d_k),
               "v": self._param("v", (d_a,), ("attention",),
                                nn.initializers.normal(d_a ** -0.5))}
     if self.score == "location":
@@ -87,6 +87,21 @@ class Alignment(nn.Module):
       return {"temperature": self.temperature}
     return {}
 
+  def _w_k(self, d_k: int) -> Array:
+    return self._param("w_k", (d_k, self.attention_dim or d_k), ("memory", "attention"))
+
+  def project_keys(self, keys: Array) -> Array | None:
+    """The query-independent half of the score, `[batch, kv_len, d_a]`, or None.
+
+    Only `additive` has one: W_k k. A decoder computes it once per source
+    sequence and hands it to every step as `projected_keys`; projecting every
+    key again at each step is most of a Bahdanau decoder's work (and its
+    backward accumulates W_k's gradient step by step).
+    """
+    if self.score != "additive":
+      return None
+    return self(None, keys, keys_only=True)
+
   def _predict_position(self, query: Array, lengths: Array) -> Array:
     """Local-p: p_t = S_b * sigmoid(v_p^T tanh(W_p h_t)), float32 [batch, q_len]."""
     d_a = self.attention_dim or query.shape[-1]
@@ -98,7 +113,9 @@ class Alignment(nn.Module):
 
   @nn.compact
   def __call__(self, query: Array, keys: Array, values: Array | None = None,
-               mask: Array | None = None, *, deterministic: bool = True) -> AlignmentOutput:
+               mask: Array | None = None, *, deterministic: bool = True,
+               projected_keys: Array | None = None,
+               keys_only: bool = False) -> AlignmentOutput:
     """Attends `query` over `keys`/`values`.
 
     Args:
@@ -108,10 +125,16 @@ class Alignment(nn.Module):
       mask: bool `[batch, kv_len]`, True at real (non-pad) positions; local-p
         reads the source lengths from it, so real positions must come first.
       deterministic: hard attention takes the argmax instead of sampling.
+      projected_keys: `project_keys(keys)`, computed once per source sequence;
+        None: computed here when the score needs it.
+      keys_only: return `project_keys(keys)` (how that method reaches the parameters).
 
     Returns:
       An `AlignmentOutput`; without a q_len axis in the query, none in the outputs.
     """
+    if keys_only:
+      keys_c, w_k = nn.dtypes.promote_dtype(keys, self._w_k(keys.shape[-1]), dtype=self.dtype)
+      return keys_c @ w_k  # [batch, kv_len, d_a]
     if self.kind not in KINDS:
       raise ValueError(f"Alignment.kind={self.kind!r} is unknown; known: {', '.join(KINDS)}")
     score_fn = scores.get(self.score)
@@ -127,7 +150,11 @@ class Alignment(nn.Module):
     query_c, keys_c, values_c, *cast = nn.dtypes.promote_dtype(
         query, keys, values, *arrays.values(), dtype=self.dtype)
     params.update(zip(arrays, cast))
-    logits = score_fn(query_c, keys_c, **params)  # [batch, q_len, kv_len]
+    if projected_keys is not None and self.score == "additive":
+      del params["w_k"]
+      logits = scores.additive_projected(query_c, projected_keys, **params)
+    else:
+      logits = score_fn(query_c, keys_c, **params)  # [batch, q_len, kv_len]
     row_mask = mask[:, None, :]  # [batch, 1, kv_len]
 
     log_prob = index = None

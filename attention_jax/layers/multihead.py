@@ -28,15 +28,18 @@ Array = jax.Array
 
 
 class KVCache(NamedTuple):
-  key: Array  # [batch, max_len, kv_heads, head_dim]
-  value: Array  # [batch, max_len, kv_heads, head_dim]
+  # Heads before positions, the layout the attention matmuls read: stored BTNH, every
+  # decode step copied (transposed) the whole cache of every layer.
+  key: Array  # [batch, kv_heads, max_len, head_dim]
+  value: Array  # [batch, kv_heads, max_len, head_dim]
   index: Array  # int32 [batch]: positions written so far = next write position
 
 
 def _write(cache: Array, new: Array, index: Array) -> Array:
-  """cache[b, index[b]:index[b] + len] = new[b] for every sequence b."""
-  return jax.vmap(lambda c, x, i: lax.dynamic_update_slice_in_dim(c, x, i, axis=0))(
-      cache, new.astype(cache.dtype), index)
+  """cache[b, :, index[b]:index[b] + len] = new[b] (`new` is BTNH) for every sequence b."""
+  new = jnp.swapaxes(new, 1, 2).astype(cache.dtype)  # [batch, kv_heads, len, head_dim]
+  return jax.vmap(lambda c, x, i: lax.dynamic_update_slice_in_dim(c, x, i, axis=1))(
+      cache, new, index)
 
 
 class HeadsDense(nn.Module):
@@ -90,7 +93,7 @@ class MultiHeadAttention(nn.Module):
 
   def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
     """An empty cache for `max_len` positions (callable without parameters)."""
-    shape = (batch, max_len, self.kv_heads, self.head_dim)
+    shape = (batch, self.kv_heads, max_len, self.head_dim)
     dtype = self.dtype if dtype is None else dtype
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                    jnp.zeros((batch,), jnp.int32))
@@ -138,7 +141,8 @@ class MultiHeadAttention(nn.Module):
         raise ValueError("a KV cache is for self-attention; cross-attention keys are fixed")
       cache = KVCache(_write(cache.key, key, cache.index), _write(cache.value, value, cache.index),
                       cache.index + query.shape[1])
-      key, value = cache.key, cache.value  # [batch, max_len, kv_heads, head_dim]
+      # BTNH views for core, whose own transposes back to BNTH cancel these.
+      key, value = jnp.swapaxes(cache.key, 1, 2), jnp.swapaxes(cache.value, 1, 2)  # [batch, max_len, kv_heads, head_dim]
       # Slots at or past the new index are unwritten; causal hides them, else hide them here.
       offset = cache.index - query.shape[1]
       seen = masks.causal_mask(query.shape[1], key.shape[1], q_offset=offset)

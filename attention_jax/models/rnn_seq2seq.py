@@ -146,6 +146,9 @@ class RNNSeq2Seq(nn.Module):
         memory = self.memory_proj(memory)  # [batch, src_len, hidden]
       state["memory"] = memory
       state["mask"] = masks.valid_from_lengths(input_lengths, memory.shape[1])  # [batch, src_len]
+      keys = self.align.project_keys(memory)  # once per sequence, not at every step
+      if keys is not None:
+        state["keys"] = keys  # [batch, src_len, attention_dim]
     if self._feeds:
       state["feed"] = jnp.zeros((memory.shape[0], self.hidden_dim), self.dtype)
     return state
@@ -160,7 +163,7 @@ class RNNSeq2Seq(nn.Module):
 
   def _attend(self, query: Array, state, deterministic: bool) -> alignment.AlignmentOutput:
     return self.align(query, state["memory"], state["memory"], state["mask"],
-                      deterministic=deterministic)
+                      deterministic=deterministic, projected_keys=state.get("keys"))
 
   def _step(self, state, x_proj: Array, deterministic: bool):
     """One decoder step from the projected token input `x_proj [B, gates * hidden]`.

@@ -85,6 +85,29 @@ def test_query_axis_equals_one_query_at_a_time():
     np.testing.assert_allclose(both.weights[:, i], one.weights, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("score", ["additive", "general"])
+def test_keys_projected_once_give_the_same_attention(score):
+  """`project_keys` hoisted out of a decoder loop changes nothing, values or gradients."""
+  q, k, v = _inputs(4)
+  module = Alignment(score=score, attention_dim=7)
+  variables = nn.meta.unbox(module.init(jax.random.key(0), q, k, v, MASK))
+  projected = module.apply(variables, k, method=module.project_keys)
+  if score != "additive":
+    assert projected is None  # only the additive score has a key-only half
+    return
+  assert projected.shape == (B, S, 7)
+
+  def context(params, hoisted):
+    keys = module.apply(params, k, method=module.project_keys) if hoisted else None
+    return jnp.sum(module.apply(params, q, k, v, MASK, projected_keys=keys).context ** 2)
+
+  np.testing.assert_allclose(context(variables, True), context(variables, False), rtol=1e-6)
+  grads = [jax.grad(context)(variables, hoisted)["params"] for hoisted in (True, False)]
+  for name in ("w_q", "w_k", "v"):
+    np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7,
+                               err_msg=name)
+
+
 def test_parameters_carry_logical_axes():
   q, k, v = _inputs()
   variables = Alignment(score="additive", kind="local").init(jax.random.key(0), q, k, v, MASK)

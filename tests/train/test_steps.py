@@ -31,8 +31,11 @@ def test_label_smoothed_cross_entropy_matches_numpy():
   for idx in np.ndindex(2, 3):
     q[idx][targets[idx]] += 0.9
   np.testing.assert_allclose(smoothed, -(q * log_p).sum(-1), rtol=1e-5)
-  np.testing.assert_allclose(nll, -np.take_along_axis(log_p, targets[..., None], -1)[..., 0],
-                             rtol=1e-5)
+  want_nll = -np.take_along_axis(log_p, targets[..., None], -1)[..., 0]
+  np.testing.assert_allclose(nll, want_nll, rtol=1e-5)
+  # At 0 the smoothing term is skipped: both outputs are the plain NLL.
+  for out in steps.cross_entropy(np.float32(logits), targets, 0.0):
+    np.testing.assert_allclose(out, want_nll, rtol=1e-5)
 
 
 def test_token_mask_counts_real_tokens_of_real_rows():

@@ -1,0 +1,113 @@
+"""Run the benchmarks, write `bench/results/<date>-<host>.json`, print markdown tables.
+
+    python -m bench.run                      # everything (about 6 minutes on a quiet 2-core machine)
+    python -m bench.run --quick              # fewer repeats and shapes, for iteration
+    python -m bench.run --only attention --only decode
+
+Needs the `bench` extra (`pip install -e '.[bench]'`: the CPU build of torch).
+Both frameworks get every core: torch.set_num_threads(os.cpu_count()), and
+XLA:CPU's default, one Eigen/XNNPACK intra-op thread per core (there is no
+supported setting to change it; XLA_FLAGS, if set, is recorded).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+BENCHMARKS = ("attention", "rnn_attention_seq2seq", "transformer_lm", "decode")
+# 1-minute load average above which another process is sharing the cores (ours adds ~1-2
+# while it runs): torch's OpenMP threads then slow down far more than XLA's.
+BUSY_LOAD = 2.5
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# Extra columns of each table: Row.extra key -> title.
+COLUMNS = {
+    "attention": {"temp_mib": "XLA temp MiB", "compiled_mib": "XLA total MiB",
+                  "peak_rss_mib": "peak RSS MiB", "skipped": "note"},
+    "rnn_attention_seq2seq": {"target_tokens_per_s": "target tokens/s",
+                              "gflops": "matmul GFLOP/s"},
+    "transformer_lm": {"tokens_per_s": "tokens/s", "mfu": "MFU", "hfu": "MFU+logits",
+                       "gflops": "GFLOP/s"},
+    "decode": {"speedup": "speed-up"},
+}
+
+
+def set_threads() -> dict:
+  """Equal threads on both sides; returns what was set, for the results JSON."""
+  cores = os.cpu_count()
+  threads = {"cores": cores, "xla_cpu": f"default: one intra-op thread per core ({cores})"}
+  try:
+    import torch
+  except ImportError:
+    sys.exit("bench needs torch: pip install -e '.[bench]'")
+  torch.set_num_threads(cores)
+  threads["torch_intra_op"] = torch.get_num_threads()
+  threads["torch_inter_op"] = torch.get_num_interop_threads()
+  return threads
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="fewer repeats and shapes")
+  parser.add_argument("--only", action="append", choices=BENCHMARKS,
+                      help="run only this benchmark (repeatable)")
+  parser.add_argument("--out", default=RESULTS_DIR, help="directory of the results JSON")
+  args = parser.parse_args(argv)
+  threads = set_threads()
+
+  import jax
+  from bench import harness
+
+  # Compilation is excluded from the timings; the persistent cache only makes reruns start sooner.
+  jax.config.update("jax_compilation_cache_dir", os.environ.get(
+      "JAX_COMPILATION_CACHE_DIR",
+      os.path.join(os.path.expanduser("~"), ".cache", "attention_jax", "jax")))
+  repeats, budget = (3, 10.0) if args.quick else (7, 30.0)
+  selected = args.only or list(BENCHMARKS)
+  rows: list[harness.Row] = []
+  started, load_before = time.time(), os.getloadavg()
+  section_load = {}
+  for name in BENCHMARKS:
+    if name not in selected:
+      continue
+    t0 = time.time()
+    section_load[name] = os.getloadavg()[0]
+    print(f"[bench] {name} ... (load average {section_load[name]:.1f})", file=sys.stderr,
+          flush=True)
+    if section_load[name] > BUSY_LOAD:
+      print(f"[bench] warning: the machine is busy (load average {section_load[name]:.1f} on "
+            f"{os.cpu_count()} cores); timings, and torch's most, will suffer", file=sys.stderr)
+    if name == "attention":
+      from bench import attention
+      rows += attention.run(repeats, budget, quick=args.quick)
+    elif name == "rnn_attention_seq2seq":
+      from bench import rnn_seq2seq
+      rows += rnn_seq2seq.run(repeats, budget)
+    elif name == "transformer_lm":
+      from bench import transformer_lm
+      rows += transformer_lm.run(repeats, budget)
+    else:
+      from bench import decode
+      rows += decode.run(repeats, budget)
+    print(f"[bench] {name}: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+
+  info = harness.machine_info(threads)
+  # Load averages (1, 5, 15 min): our own run accounts for up to ~2; more means company.
+  settings = {"quick": args.quick, "repeats": repeats, "budget_s_per_case": budget,
+              "only": selected, "wall_s": round(time.time() - started, 1),
+              "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+              "loadavg_at_section_start": section_load}
+  path = harness.write_results(harness.results_path(args.out, info["host"]), rows, info, settings)
+  print(f"{info['cpu']}, {info['cores']} cores; jax {info['jax']}, torch {info['torch']}; "
+        f"load average {settings['loadavg_before'][0]:.1f} before, "
+        f"{settings['loadavg_after'][0]:.1f} after; "
+        f"median of repeats, ratio = median / median of the 'vs' row\n")
+  print(harness.markdown(rows, COLUMNS))
+  print(f"results: {os.path.relpath(path)}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,64 @@
+"""The benchmark harness on trivial functions: alternation, statistics, table, results JSON."""
+import datetime
+import json
+
+from bench import harness
+
+
+def test_measure_alternates_and_excludes_warmup():
+  calls = []
+  fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+  times = harness.measure(fns, repeats=4, warmup=2)
+  assert calls[:4] == ["a", "a", "b", "b"]  # warm-up: not timed
+  assert calls[4:] == ["a", "b", "b", "a", "a", "b", "b", "a"]  # A B, then B A, ...
+  assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4}
+  assert all(x >= 0 for t in times.values() for x in t)
+
+
+def test_budget_cuts_repeats_to_the_minimum():
+  import time
+  times = harness.measure({"slow": lambda: time.sleep(0.02)}, repeats=50, warmup=1,
+                          budget_s=0.01, min_repeats=3)
+  assert len(times["slow"]) == 3
+
+
+def _rows():
+  return [harness.Row("bench", "case 1", "ours", [0.003, 0.001, 0.002], "peer", {"mfu": 0.5}),
+          harness.Row("bench", "case 1", "peer", [0.004, 0.004, 0.006]),
+          harness.Row("other", "case", "x", [1.5]),
+          harness.Row("other", "case", "skipped", [], "x", {"note": "needs 9 GiB"})]
+
+
+def test_statistics_ratio_and_markdown():
+  rows = _rows()
+  ours, peer = rows[0], rows[1]
+  assert (ours.median_s, ours.min_s, ours.max_s) == (0.002, 0.001, 0.003)
+  assert harness.ratio(rows, ours) == 0.002 / 0.004
+  assert harness.ratio(rows, peer) is None
+  table = harness.markdown(rows, {"bench": {"mfu": "MFU"}})
+  assert "### bench" in table and "### other" in table
+  assert "| case 1 | ours | 2 | 1-3 | 0.50 | peer | 0.5 |" in table
+  assert "| case 1 | peer | 4 | 4-6 |  |  |  |" in table
+  assert "| case | x | 1500 | 1500-1500 |  |  |" in table
+  assert "| case | skipped | not run |  |  |  |" in table
+  assert harness.ratio(rows, rows[3]) is None and rows[3].median_s is None
+
+
+def test_results_json_round_trip(tmp_path):
+  rows = _rows()
+  path = harness.results_path(str(tmp_path), host="box", date=datetime.date(2026, 1, 2))
+  assert path.endswith("2026-01-02-box.json")
+  info = {"host": "box", "cpu": "test cpu", "threads": {"torch_intra_op": 2}}
+  harness.write_results(path, rows, info, {"quick": True})
+  doc = json.loads(open(path).read())
+  assert doc["machine"] == info and doc["settings"] == {"quick": True}
+  first = doc["rows"][0]
+  assert first["impl"] == "ours" and first["times_s"] == [0.003, 0.001, 0.002]
+  assert first["median_s"] == 0.002 and first["ratio"] == 0.5 and first["extra"] == {"mfu": 0.5}
+  assert doc["rows"][1]["ratio"] is None
+
+
+def test_machine_info_records_versions_and_threads():
+  info = harness.machine_info({"cores": 2})
+  assert info["threads"] == {"cores": 2}
+  assert info["jax"] and info["cpu"] and info["cores"] >= 1
