@@ -9,7 +9,8 @@ Arguments (after the colon): attention, score, cell, stress, steps, test (at the
 the best dev step on the test split), smoke.
 
 Sweeps (`python -m launch.sweep --config=experiments/g2p_attention.py --sweep=NAME`):
-`sweep`, every attention kind and score; `small`, the 2-core ablation of `make sweep`.
+`sweep`, every attention kind and score; `small`, the 2-core ablation of `make sweep`;
+`converged`, the best of `sweep` without stress, trained until dev WER stops improving.
 """
 from attention_jax import experiment
 
@@ -66,3 +67,10 @@ def small(add):
   add(attention="none")
   add(attention="luong", score="dot")
   add(attention="bahdanau", score="additive")
+
+
+def converged(add):
+  """The best RNN of `sweep` (Luong location) without stress, trained to convergence: it stops
+  after 6 evaluations (3,000 steps) without a better dev WER and scores the best step on test."""
+  add(attention="luong", score="location", stress=False, steps=40000, test=True,
+      **{"train.early_stop_patience": 6})
