@@ -5,21 +5,44 @@ import json
 from bench import harness
 
 
-def test_measure_alternates_and_excludes_warmup():
+class _FakeTime:
+  """A clock that only the timed functions move, and a sleep that moves nothing: no waiting."""
+
+  def __init__(self):
+    self.now = 0.0
+
+  def perf_counter(self):
+    return self.now
+
+  def sleep(self, seconds):
+    pass
+
+
+def test_measure_alternates_and_excludes_warmup(monkeypatch):
+  clock = _FakeTime()
+  monkeypatch.setattr(harness, "time", clock)
   calls = []
-  fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+
+  def call(name, seconds):
+    calls.append(name)
+    clock.now += seconds
+
+  fns = {"a": lambda: call("a", 1.0), "b": lambda: call("b", 2.0)}
   times = harness.measure(fns, repeats=4, warmup=2)
   assert calls[:4] == ["a", "a", "b", "b"]  # warm-up: not timed
   assert calls[4:] == ["a", "b", "b", "a", "a", "b", "b", "a"]  # A B, then B A, ...
-  assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4}
-  assert all(x >= 0 for t in times.values() for x in t)
+  assert times == {"a": [1.0] * 4, "b": [2.0] * 4}
 
 
-def test_budget_cuts_repeats_to_the_minimum():
-  import time
-  times = harness.measure({"slow": lambda: time.sleep(0.02)}, repeats=50, warmup=1,
-                          budget_s=0.01, min_repeats=3)
-  assert len(times["slow"]) == 3
+def test_budget_cuts_repeats_to_the_minimum(monkeypatch):
+  clock = _FakeTime()
+  monkeypatch.setattr(harness, "time", clock)
+
+  def slow():
+    clock.now += 1.0
+
+  assert len(harness.measure({"slow": slow}, repeats=50, budget_s=0.5, min_repeats=3)["slow"]) == 3
+  assert len(harness.measure({"slow": slow}, repeats=50, budget_s=10.0, min_repeats=3)["slow"]) == 9
 
 
 def _rows():
