@@ -8,9 +8,17 @@ Needs the FreeDict file: `apt-get install dict-freedict-deu-eng`, then
     python -m attention_jax.main --config=experiments/translation_deu_eng.py:attention=bahdanau,score=additive \
         --workdir=runs/deu_eng
 
+BLEU by source length (words), from a sweep's trials:
+    python -m launch.sweep --config=experiments/translation_deu_eng.py --root=runs/deu_eng_sweep
+    python experiments/translation_deu_eng.py --root=runs/deu_eng_sweep   # -> <root>/report/bleu_by_length.*
+
 Arguments (after the colon): attention, score, steps, smoke.
 """
+import sys
+
 from attention_jax import experiment
+from attention_jax.evaluate import translation
+from launch import by_length
 
 DEFAULTS = dict(attention="luong", score="general", steps=4000, smoke=False)
 
@@ -35,3 +43,25 @@ def sweep(add):
   add(attention="bahdanau", score="additive")
   add(attention="luong", score="dot")
   add(attention="luong", score="general")
+
+
+# Source words; the test split's 1,822 phrases fall 144 / 684 / 352 / 352 / 184 / 106 into them.
+BUCKETS = ((1, 2), (3, 3), (4, 4), (5, 6), (7, 9), (10, 200))
+
+
+def _bleu(examples: list[dict]) -> float:
+  return translation.bleu([e["prediction"] for e in examples], [e["references"] for e in examples])
+
+
+def _words(source: str) -> int:
+  return len(source.split())
+
+
+def main(argv=None) -> int:
+  return by_length.main(argv, description="Test BLEU by source length from a translation sweep.",
+                        buckets=BUCKETS, length=_words, score=_bleu, name="bleu_by_length",
+                        xlabel="source length (words)", ylabel="test BLEU", percent=False)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
