@@ -25,6 +25,8 @@ def base_config() -> ml_collections.ConfigDict:
       name="cmudict_g2p/stress",  # see attention_jax/data/registry.py
       data_dir=config_dict.placeholder(str),  # None: $ATTENTION_JAX_DATA_DIR or ~/tensorflow_datasets
       manual_dir=config_dict.placeholder(str),  # raw files a builder cannot fetch (FreeDict)
+      tokenizer=config_dict.placeholder(str),  # None: the data set's; 'vocab' or 'sentencepiece'
+      vocab_size=config_dict.placeholder(int),  # SentencePiece size per side (None: the data set's)
       batch_size=64,  # global batch (split over the 'data' mesh axis and processes)
       eval_batch_size=256,
       eval_split="dev",

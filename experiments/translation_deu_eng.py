@@ -26,7 +26,10 @@ DEFAULTS = dict(attention="luong", score="general", steps=4000, smoke=False)
 def get_config(arg=None):
   args = experiment.parse_arg(arg, DEFAULTS)
   c = experiment.base_config()
-  c.data.update(name="freedict_deu_eng", manual_dir="/usr/share/dictd", max_eval_examples=0)
+  # SentencePiece (4,000 pieces a side, trained on train) instead of characters: phrases are
+  # 5-15 pieces instead of 20-120 characters, 4x fewer RNN steps.
+  c.data.update(name="freedict_deu_eng", manual_dir="/usr/share/dictd", max_eval_examples=0,
+                tokenizer="sentencepiece", vocab_size=4000)
   c.model.update(dict(
       attention=args["attention"], score=args["score"], cell="lstm", bidirectional=True,
       src_embed_dim=128, tgt_embed_dim=128, hidden_dim=256, dropout_rate=0.2, max_len=128))

@@ -172,12 +172,14 @@ class Sweep:
 def prepare_data(todo) -> None:
   """Builds each data set the trials read once, here, so parallel trials never build it twice."""
   from attention_jax import data  # pylint: disable=g-import-not-at-top
-  wanted = {(t.config.data.name, t.config.data.data_dir, t.config.data.manual_dir) for t in todo}
-  for name, data_dir, manual_dir in sorted(wanted, key=str):
+  wanted = {}  # one config per distinct data block (SentencePiece models are trained here too)
+  for t in todo:
+    wanted.setdefault(json.dumps(t.config.data.to_dict(), sort_keys=True), t.config.data)
+  for key in sorted(wanted):
     try:
-      data.get_dataset(name, data_dir=data_dir, manual_dir=manual_dir)
+      data.from_config(wanted[key])
     except data.DataError as e:  # each trial will report it in its own log
-      print(f"data: {name}: {e}", flush=True)
+      print(f"data: {wanted[key].name}: {e}", flush=True)
 
 
 def main(argv=None) -> int:

@@ -12,5 +12,5 @@ The trainer's entry points:
 from attention_jax.data.errors import DataError, DataFormatError, MissingDataError
 from attention_jax.data.paths import DATA_DIR_ENV, resolve_data_dir
 from attention_jax.data.pipeline import default_buckets, make_pipeline, steps_per_epoch
-from attention_jax.data.registry import DATASETS, Dataset, get_dataset, parse_name
+from attention_jax.data.registry import DATASETS, Dataset, from_config, get_dataset, parse_name
 from attention_jax.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SentencePieceVocabulary, SymbolVocabulary

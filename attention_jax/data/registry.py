@@ -246,6 +246,13 @@ def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | Non
   return Dataset(name, builder, spec, in_vocab, out_vocab)
 
 
+def from_config(data_config) -> Dataset:
+  """`get_dataset` with the arguments of an experiment config's `data` block."""
+  return get_dataset(data_config.name, data_dir=data_config.data_dir,
+                     manual_dir=data_config.manual_dir, tokenizer=data_config.get("tokenizer"),
+                     vocab_size=data_config.get("vocab_size"))
+
+
 def _sentencepiece(dataset: Dataset, side: str, size: int) -> SentencePieceVocabulary:
   """Loads the side's SentencePiece model beside the data, training it on train first if absent."""
   path = os.path.join(os.fspath(dataset.builder.data_path), f"spm_{side}_{size}.model")

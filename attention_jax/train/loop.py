@@ -54,6 +54,11 @@ def validate(config) -> None:
                       "LM has no data pipeline yet")
   if config.train.decode not in ("greedy", "beam"):
     raise ConfigError(f"train.decode={config.train.decode!r} is unknown; known: greedy, beam")
+  if config.data.get("tokenizer") not in (None, "vocab", "sentencepiece"):
+    raise ConfigError(f"data.tokenizer={config.data.tokenizer!r} is unknown; known: vocab, "
+                      "sentencepiece")
+  if config.data.get("vocab_size") is not None and config.data.vocab_size < 8:
+    raise ConfigError(f"data.vocab_size must be at least 8, got {config.data.vocab_size}")
   for key in ("batch_size", "eval_batch_size"):
     if config.data[key] < 1:
       raise ConfigError(f"data.{key} must be positive, got {config.data[key]}")
@@ -163,8 +168,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) the experiment; returns the contents of `result.json`."""
   start_time = time.perf_counter()
   validate(config)
-  get_dataset = lambda: data.get_dataset(config.data.name, data_dir=config.data.data_dir,
-                                         manual_dir=config.data.manual_dir)
+  get_dataset = lambda: data.from_config(config.data)
   if jax.process_count() > 1:  # process 0 builds missing data alone; the others then read it
     dataset = get_dataset() if jax.process_index() == 0 else None
     multihost_utils.sync_global_devices("attention_jax: data ready")

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from attention_jax import experiment
 from attention_jax.data import freedict, registry
 from attention_jax.data.errors import DataFormatError, MissingDataError
 from attention_jax.data.vocab import SentencePieceVocabulary
@@ -92,6 +93,14 @@ def test_sentencepiece_option_round_trip(freedict_dataset):
     assert min(ids) > 3  # specials 0-3 are pad, bos, eos, unk
     assert spm.target_vocab.decode(ids + [2, 0]) == r["targets"]
   assert spm.input_vocab.size <= 60
+  # The same through an experiment config's data block (what the trainer and sweeps call).
+  block = experiment.base_config().data
+  block.update(name="freedict_deu_eng", data_dir=str(root / "data"), tokenizer="sentencepiece",
+               vocab_size=60)
+  from_config = registry.from_config(block)
+  assert isinstance(from_config.target_vocab, SentencePieceVocabulary)
+  assert [from_config.input_vocab.encode(r["inputs"]) for r in spm.texts("dev")] == [
+      spm.input_vocab.encode(r["inputs"]) for r in spm.texts("dev")]
 
 
 def test_dictd_format(tmp_path):

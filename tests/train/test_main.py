@@ -68,6 +68,7 @@ def test_smoke_config_trains_evaluates_and_draws(config, data_dir, tmp_path):
 @pytest.mark.parametrize("flag,message", [
     ("--config.model.attention=bogus", "RNNSeq2Seq.attention='bogus' is unknown"),
     ("--config.data.name=nosuch", "data.name='nosuch'"),
+    ("--config.data.tokenizer=words", "data.tokenizer='words' is unknown"),
     ("--config.train.mesh_shape=(3,1)", "mesh_shape (3, 1) needs 3 devices"),
 ])
 def test_bad_config_exits_2_before_writing(flag, message, data_dir, tmp_path):
