@@ -120,3 +120,17 @@ def test_bad_sizes_are_named():
     _init_seq2seq(num_heads=3)
   with pytest.raises(ValueError, match="model.share_embeddings needs one vocabulary"):
     _init_seq2seq(share_embeddings=True, src_vocab_size=20)
+
+
+def test_token_embeddings_and_tied_logits_start_at_unit_scale():
+  """Embedding std d^-0.5, scaled by sqrt(d): unit scale, like the sinusoids beside it; at std 1
+  the token part was sqrt(d) times larger and the tied logits had std sqrt(d)."""
+  d = 128
+  model = DecoderOnlyLM(vocab_size=512, d_model=d, num_heads=4, d_ff=256, num_layers=1,
+                        max_len=16, dropout_rate=0.0)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(3, 512, (4, 16)), jnp.int32)
+  variables = nn.meta.unbox(model.init(jax.random.key(0), tokens))
+  table = variables["params"]["embed"]["table"]["embedding"]
+  assert 0.9 < float(jnp.std(table)) * d ** 0.5 < 1.1
+  logits = model.apply(variables, tokens)  # tied output: final norm, then the table
+  assert 0.5 < float(jnp.std(logits)) < 2.0
