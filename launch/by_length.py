@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from launch import manifest
+
 Bucket = tuple[int, int]  # first and last length, inclusive
 
 
@@ -38,14 +40,13 @@ def bucket_scores(predictions_path: str, buckets: Sequence[Bucket], length: Call
 
 def sweep_curves(root: str, **kwargs) -> dict[str, list[dict[Bucket, tuple[float, int]]]]:
   """Configuration (its overrides less the seed) -> one `bucket_scores` per seed that has predictions."""
-  with open(os.path.join(root, "sweep.json")) as f:
+  with open(os.path.join(root, manifest.FILENAME)) as f:
     trials = json.load(f)["trials"]
   curves = collections.defaultdict(list)
   for name, record in trials.items():
     path = os.path.join(root, name, "predictions_test.jsonl")
     if os.path.exists(path):
-      config = ",".join(f"{k}={v}" for k, v in record["overrides"].items() if k != "seed")
-      curves[config].append(bucket_scores(path, **kwargs))
+      curves[manifest.config_label(record["overrides"])].append(bucket_scores(path, **kwargs))
   return curves
 
 

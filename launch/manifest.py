@@ -17,6 +17,11 @@ from attention_jax.data import paths
 FILENAME = "sweep.json"
 
 
+def config_label(overrides: dict[str, Any]) -> str:
+  """A trial's configuration, its seeds pooled: 'attention=luong,score=dot' (or 'default')."""
+  return ",".join(f"{k}={v}" for k, v in overrides.items() if k != "seed") or "default"
+
+
 def now() -> str:
   return datetime.datetime.now().isoformat(timespec="seconds")
 

@@ -176,7 +176,7 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
   for row in rows:
     if not os.path.exists(row["curve"]):
       continue
-    config = ",".join(f"{k}={v}" for k, v in row["overrides"].items() if k != "seed") or "default"
+    config = manifest_lib.config_label(row["overrides"])
     first = config not in colors
     color = colors.setdefault(config, f"C{len(colors) % 10}")
     style = dict(color=color, lw=1, label=config if first else None)
