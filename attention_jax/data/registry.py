@@ -24,6 +24,7 @@ from attention_jax.data.freedict import FreedictDeuEng, find_source_file
 from attention_jax.data.text_builder import INPUT_VOCAB_FILE, TARGET_VOCAB_FILE
 from attention_jax.data.vocab import SentencePieceVocabulary, SymbolVocabulary
 
+TOKENIZERS = ("vocab", "sentencepiece")
 SPM_MAX_SENTENCES = 300_000  # SentencePiece trains on at most this many train sentences
 
 
@@ -242,7 +243,7 @@ def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | Non
     in_vocab = _sentencepiece(dataset, "inputs", size)
     out_vocab = _sentencepiece(dataset, "targets", size)
   else:
-    raise DataError(f"Unknown tokenizer {tokenizer!r}; known: vocab, sentencepiece.")
+    raise DataError(f"Unknown tokenizer {tokenizer!r}; known: {', '.join(TOKENIZERS)}.")
   return Dataset(name, builder, spec, in_vocab, out_vocab)
 
 

@@ -54,9 +54,9 @@ def validate(config) -> None:
                       "LM has no data pipeline yet")
   if config.train.decode not in ("greedy", "beam"):
     raise ConfigError(f"train.decode={config.train.decode!r} is unknown; known: greedy, beam")
-  if config.data.get("tokenizer") not in (None, "vocab", "sentencepiece"):
-    raise ConfigError(f"data.tokenizer={config.data.tokenizer!r} is unknown; known: vocab, "
-                      "sentencepiece")
+  if config.data.get("tokenizer") not in (None, *data.registry.TOKENIZERS):
+    raise ConfigError(f"data.tokenizer={config.data.tokenizer!r} is unknown; known: "
+                      f"{', '.join(data.registry.TOKENIZERS)}")
   if config.data.get("vocab_size") is not None and config.data.vocab_size < 8:
     raise ConfigError(f"data.vocab_size must be at least 8, got {config.data.vocab_size}")
   for key in ("batch_size", "eval_batch_size"):
