@@ -155,7 +155,7 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
   ylabel = f"{metric} (%)" if s == 100.0 else metric
   for key in keys:
     points = [g for g in groups if g["config"][key] != "-" and metric in g["stats"]]
-    if not points:
+    if not points or len({g["config"][key] for g in groups}) < 2:  # one value: nothing to compare
       continue
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(points) + 2), 3.5))
     labels = [",".join(f"{k}={v}" for k, v in g["config"].items() if v != "-") for g in points]

@@ -111,6 +111,8 @@ def test_report_means_and_stds_over_seeds(tmp_path):
   assert "| Paper | Table 2 | wer (%) | 23.5 | 25.00 ± 5.00 |  |" in done["markdown"]
   test = report.report(str(root), which="test")
   assert "| **best** | luong | 12.50 ± 2.50 | 2 | 10 | 5 |" in test["markdown"]
+  # One configuration: no 'wer by attention' plot of a single point, only the learning curves.
+  assert [os.path.basename(p) for p in test["figures"]] == ["learning_curves.png"]
 
 
 def test_interrupted_trial_resumes_from_its_checkpoint(data_dir, tmp_path):
