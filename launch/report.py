@@ -116,7 +116,7 @@ def markdown(manifest: dict, groups: list[dict], keys: list[str], metrics: list[
   best = best_index(groups, metric)
   lines = [f"Sweep `{manifest['config']}` `--sweep={manifest['sweep']}`: {which} eval metrics, "
            f"mean ± std over n seeds; best {metric} marked.", ""]
-  header = ["", *keys, *map(unit, metrics), "n", "steps", "time (s)"]
+  header = ["", *keys, *map(unit, metrics), "n", "steps run", "time (s)"]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for i, g in enumerate(groups):
     cells = ["**best**" if i == best else "", *(g["config"][k] for k in keys),
