@@ -111,18 +111,24 @@ def _git_commit() -> str | None:
     return None
 
 
-def _eval_history(workdir: str, step: int) -> list[tuple[int, dict]]:
-  """Eval records already in metrics.jsonl up to `step` (a resumed run's best and patience)."""
+def _history(workdir: str, step: int) -> tuple[list[tuple[int, dict]], float]:
+  """What metrics.jsonl holds up to `step`, for a resumed run: its eval records (for the best
+  step and patience) and the wall seconds spent up to `step` (the last train record's
+  elapsed_s; work after the checkpoint that a killed attempt did not save is not counted)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not step or not os.path.exists(path):
-    return []
-  history = {}
+    return [], 0.0
+  history, elapsed = {}, 0.0
   with open(path) as f:
     for line in f:
       row = json.loads(line)
-      if row.pop("split") == "eval" and row["step"] <= step:
+      if row["step"] > step:
+        continue
+      if row.pop("split") == "eval":
         history[row.pop("step")] = row  # a step evaluated twice (killed, resumed): the last
-  return sorted(history.items())
+      elif "elapsed_s" in row:
+        elapsed = row["elapsed_s"]
+  return sorted(history.items()), elapsed
 
 
 def _best(config, history) -> tuple[int | None, dict]:
@@ -221,7 +227,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   progress = metrics_lib.Progress(step, config.train.steps, config.train.log_every,
                                   enabled=is_main)
-  history, heatmap_dir = _eval_history(workdir, step), None
+  (history, elapsed_before), heatmap_dir = _history(workdir, step), None
+  run_seconds = lambda: elapsed_before + time.perf_counter() - start_time  # all attempts
 
   def evaluate_now():
     nonlocal heatmap_dir
@@ -249,7 +256,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       window_steps, window_tokens = window_steps + 1, window_tokens + metrics.pop("tokens")
       if step % config.train.log_every == 0 or step == config.train.steps:
         elapsed = time.perf_counter() - window_time
-        metrics.update(steps_per_s=window_steps / elapsed, tokens_per_s=window_tokens / elapsed)
+        metrics.update(steps_per_s=window_steps / elapsed, tokens_per_s=window_tokens / elapsed,
+                       elapsed_s=run_seconds())
         writer.write(step, "train", metrics)
         window_time, window_steps, window_tokens = time.perf_counter(), 0, 0.0
       progress.update(step, metrics)
@@ -286,7 +294,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   result = {"final": history[-1][1] if history else {}, "best": best, "best_step": best_step,
             "best_by": key, "step": step, "num_params": num_params,
             "stopped_early": bool(stop.get("early")), **test,
-            "wall_time_s": time.perf_counter() - start_time, "seed": config.seed,
+            "wall_time_s": run_seconds(), "seed": config.seed,
             "config_hash": hashlib.sha256(config_json.encode()).hexdigest()[:16],
             "git_commit": _git_commit(), "heatmaps": heatmap_dir}
   if is_main:

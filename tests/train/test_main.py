@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,9 +131,21 @@ def test_interrupted_run_resumes_to_the_same_parameters(sig, data_dir, tmp_path)
   if sig == signal.SIGTERM:
     assert proc.returncode == 0 and "SIGTERM: saved step" in out
   assert not (interrupted / "result.json").exists()
+  # The first attempt's times, moved 1000 s later: the resumed run's total must carry them over.
+  metrics = interrupted / "metrics.jsonl"
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  for row in rows:
+    row.update({"elapsed_s": row["elapsed_s"] + 1000.0} if "elapsed_s" in row else {})
+  metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  started = time.perf_counter()
   resumed = _run(data_dir, config, interrupted, *flags)
+  seconds = time.perf_counter() - started
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "resumed from" in resumed.stdout
+  step = int(re.search(r"resumed from \S+ at step (\d+)", resumed.stdout).group(1))
+  before = max(r["elapsed_s"] for r in rows if r["split"] == "train" and r["step"] <= step)
+  wall = json.loads((interrupted / "result.json").read_text())["wall_time_s"]
+  assert 1000.0 < before < wall < before + seconds
   (step_a, a), (step_b, b) = _params(straight), _params(interrupted)
   assert step_a == step_b == 8
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

@@ -33,13 +33,18 @@ def test_selection_metric_and_direction():
   assert not loop._patience_ran_out(config, history)
 
 
-def test_eval_history_survives_a_resume(tmp_path):
-  rows = [{"step": 2, "split": "eval", "wer": 0.5}, {"step": 2, "split": "train", "loss": 3.0},
+def test_history_survives_a_resume(tmp_path):
+  rows = [{"step": 2, "split": "eval", "wer": 0.5},
+          {"step": 2, "split": "train", "loss": 3.0, "elapsed_s": 7.5},
           {"step": 4, "split": "eval", "wer": 0.4}, {"step": 4, "split": "eval", "wer": 0.35},
-          {"step": 6, "split": "eval", "wer": 0.3}]
+          {"step": 4, "split": "train", "loss": 2.0, "elapsed_s": 9.0},
+          {"step": 6, "split": "eval", "wer": 0.3},
+          {"step": 6, "split": "train", "loss": 1.0, "elapsed_s": 12.0}]
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  assert loop._eval_history(str(tmp_path), 4) == [(2, {"wer": 0.5}), (4, {"wer": 0.35})]
-  assert loop._eval_history(str(tmp_path), 0) == []
+  # Resumed from step 4: its last eval of step 4 counts, and the time spent up to step 4.
+  assert loop._history(str(tmp_path), 4) == ([(2, {"wer": 0.5}), (4, {"wer": 0.35})], 9.0)
+  assert loop._history(str(tmp_path), 3) == ([(2, {"wer": 0.5})], 7.5)
+  assert loop._history(str(tmp_path), 0) == ([], 0.0)
 
 
 def test_early_stop_and_test_split_use_the_best_step(tmp_path, monkeypatch):
