@@ -69,17 +69,11 @@ def small(add):
   add(attention="bahdanau", score="additive")
 
 
-# Early stopping on the whole dev split (2,670 words, not the default 1,000: on 1,000 words
-# dev WER moves by +-1.5 points between evaluations, and a first run stopped on that noise
-# while its dev loss was still falling), after 10 evaluations (5,000 steps) without a better WER.
-CONVERGED = {"data.max_eval_examples": 0, "train.early_stop_patience": 10}
-
-
 def converged(add):
   """The best RNN of `sweep` (Luong location) without stress, trained until dev WER stops
   improving, at the sweep's width and at twice the width; the best dev step is scored on test."""
   common = dict(attention="luong", score="location", stress=False, steps=40000, test=True,
-                **CONVERGED)
+                **experiment.CONVERGED)
   add(**common, **{"model.hidden_dim": 256, "model.src_embed_dim": 128,
                    "model.tgt_embed_dim": 128, "model.dropout_rate": 0.2})
   add(**common)

@@ -51,7 +51,6 @@ def sweep(add):
 
 
 def converged(add):
-  """The default Transformer without stress, trained until dev WER stops improving (the
-  whole dev split, 10 evaluations: see g2p_attention.CONVERGED); the best step is scored on test."""
-  add(stress=False, steps=40000, test=True,
-      **{"data.max_eval_examples": 0, "train.early_stop_patience": 10})
+  """The default Transformer without stress, trained until dev WER stops improving
+  (`experiment.CONVERGED`); the best step is scored on test."""
+  add(stress=False, steps=40000, test=True, **experiment.CONVERGED)
