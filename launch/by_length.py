@@ -39,11 +39,12 @@ def bucket_scores(predictions_path: str, buckets: Sequence[Bucket], length: Call
 
 
 def sweep_curves(root: str, **kwargs) -> dict[str, list[dict[Bucket, tuple[float, int]]]]:
-  """Configuration (its overrides less the seed) -> one `bucket_scores` per seed that has predictions."""
+  """Configuration (its overrides less the seed) -> one `bucket_scores` per seed that has predictions,
+  in the sweep's order."""
   with open(os.path.join(root, manifest.FILENAME)) as f:
     trials = json.load(f)["trials"]
   curves = collections.defaultdict(list)
-  for name, record in trials.items():
+  for name, record in manifest.in_sweep_order(trials):
     path = os.path.join(root, name, "predictions_test.jsonl")
     if os.path.exists(path):
       curves[manifest.config_label(record["overrides"])].append(bucket_scores(path, **kwargs))

@@ -22,6 +22,11 @@ def config_label(overrides: dict[str, Any]) -> str:
   return ",".join(f"{k}={v}" for k, v in overrides.items() if k != "seed") or "default"
 
 
+def in_sweep_order(trials: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+  """A manifest's (name, record) pairs in the sweep's order (the file keeps them sorted by name)."""
+  return sorted(trials.items(), key=lambda t: (t[1].get("index", 0), t[0]))
+
+
 def now() -> str:
   return datetime.datetime.now().isoformat(timespec="seconds")
 

@@ -46,8 +46,7 @@ def collect(root: str, which: str = "final") -> tuple[dict, list[dict]]:
     raise ValueError(f"{root} has no {manifest_lib.FILENAME}: not a sweep root")
   manifest = _load_json(path)
   rows = []
-  in_sweep_order = sorted(manifest["trials"].items(), key=lambda t: (t[1].get("index", 0), t[0]))
-  for name, record in in_sweep_order:
+  for name, record in manifest_lib.in_sweep_order(manifest["trials"]):
     result_path = os.path.join(root, name, "result.json")
     if not os.path.exists(result_path):
       continue

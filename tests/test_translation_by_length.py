@@ -62,3 +62,16 @@ def test_a_length_outside_the_buckets_names_the_file_and_line(tmp_path):
   _write(path, EXAMPLES)
   with pytest.raises(ValueError, match=r"p.jsonl:4: source length 7 is in no bucket"):
     by_length.bucket_scores(path, ((1, 4),), DEU_ENG._words, DEU_ENG._bleu)
+
+
+def test_rows_keep_the_sweeps_order_not_the_manifests_sorted_names(tmp_path):
+  trials = {}
+  for index, attention in enumerate(["none", "luong", "bahdanau"]):  # not alphabetical
+    name = f"attention={attention}"
+    _write(str(tmp_path / name / "predictions_test.jsonl"), EXAMPLES)
+    trials[name] = {"index": index, "overrides": {"attention": attention}}
+  (tmp_path / "sweep.json").write_text(json.dumps({"trials": trials}, sort_keys=True))
+  assert DEU_ENG.main([f"--root={tmp_path}"]) == 0
+  rows = [line.split(" | ")[0] for line in
+          (tmp_path / "report" / "bleu_by_length.md").read_text().splitlines()[2:5]]
+  assert rows == ["| attention=none", "| attention=luong", "| attention=bahdanau"]
