@@ -145,6 +145,17 @@ def write_csv(path: str, header: list[str], rows: list[list]) -> None:
   paths.atomic_write_bytes(path, buf.getvalue().encode())
 
 
+def differing(groups: list[dict], keys: list[str]) -> list[str]:
+  """The keys whose value is not the same in every configuration: what the plots compare."""
+  return [k for k in keys if len({g["config"][k] for g in groups}) > 1]
+
+
+def legend_label(overrides: dict, varying: list[str]) -> str:
+  """A configuration's name in the plots: its overrides that differ between configurations (the
+  others are in the table), or `defaults` for the configuration that sets none of them."""
+  return ",".join(f"{k}={overrides[k]}" for k in varying if k in overrides) or "defaults"
+
+
 def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list[dict]) -> list[str]:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -152,12 +163,14 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
   written = []
   s = _scale(metric)
   ylabel = f"{metric} (%)" if s == 100.0 else metric
-  for key in keys:
+  varying = differing(groups, keys)
+  for key in varying:
     points = [g for g in groups if g["config"][key] != "-" and metric in g["stats"]]
-    if not points or len({g["config"][key] for g in groups}) < 2:  # one value: nothing to compare
+    if len(points) < 2:  # one point: nothing to compare
       continue
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(points) + 2), 3.5))
-    labels = [",".join(f"{k}={v}" for k, v in g["config"].items() if v != "-") for g in points]
+    labels = [legend_label({k: v for k, v in g["config"].items() if v != "-"}, varying)
+              for g in points]
     means = [g["stats"][metric][0] * s for g in points]
     stds = [g["stats"][metric][1] * s for g in points]
     ax.errorbar(range(len(points)), means, yerr=stds, fmt="o", capsize=4)
@@ -170,7 +183,8 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
     fig.savefig(path, dpi=120)
     plt.close(fig)
     written.append(path)
-  fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+  fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4 + 0.15 * len(groups)),
+                                           layout="constrained")
   colors: dict[str, str] = {}  # one colour per configuration; its seeds share it
   for row in rows:
     if not os.path.exists(row["curve"]):
@@ -178,7 +192,7 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
     config = manifest_lib.config_label(row["overrides"])
     first = config not in colors
     color = colors.setdefault(config, f"C{len(colors) % 10}")
-    style = dict(color=color, lw=1, label=config if first else None)
+    style = dict(color=color, lw=1, label=legend_label(row["overrides"], varying) if first else None)
     records = [json.loads(line) for line in open(row["curve"])]
     train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
     evals = [(r["step"], r[metric] * s) for r in records if r["split"] == "eval" and metric in r]
@@ -190,8 +204,11 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
   ax_metric.set(xlabel="step", ylabel=f"eval {ylabel}")
   for ax in (ax_loss, ax_metric):
     ax.grid(alpha=0.3)
-  ax_metric.legend(fontsize=6, loc="upper right")
-  fig.tight_layout()
+  handles, labels = max((ax.get_legend_handles_labels() for ax in (ax_loss, ax_metric)),
+                        key=lambda hl: len(hl[1]))
+  if labels:  # below both panels, so long labels do not squeeze them
+    fig.legend(handles, labels, loc="outside lower center", fontsize=7,
+               ncol=1 if max(map(len, labels)) > 60 else min(3, len(labels)))
   path = os.path.join(out, "learning_curves.png")
   fig.savefig(path, dpi=120)
   plt.close(fig)

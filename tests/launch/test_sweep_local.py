@@ -144,3 +144,29 @@ def test_interrupted_trial_resumes_from_its_checkpoint(data_dir, tmp_path):
   resumed_at = int(log.split("checkpoints at step ")[1].split()[0])
   assert 10 <= resumed_at < 60
   assert json.loads((trial / "result.json").read_text())["step"] == 60
+
+
+def test_plots_name_configurations_by_what_differs_and_skip_single_points(tmp_path):
+  """A wide row beside the defaults: the legend names the width, not the shared overrides, and
+  no 'wer by hidden_dim' plot of one point (the defaults row has no hidden_dim to place)."""
+  root = tmp_path / "r"
+  trials = {}
+  for index, extra in enumerate([{"model.hidden_dim": 256}, {}]):
+    overrides = {"attention": "luong", "steps": 40000, **extra}
+    name = f"trial{index}"
+    os.makedirs(root / name)
+    (root / name / "result.json").write_text(json.dumps(
+        {"final": {"wer": 0.3 - 0.1 * index}, "best_by": "wer", "step": 10, "wall_time_s": 1.0}))
+    (root / name / "metrics.jsonl").write_text(
+        json.dumps({"step": 10, "split": "train", "loss": 1.0}) + "\n")
+    trials[name] = {"index": index, "status": "done", "overrides": overrides}
+  (root / "sweep.json").write_text(json.dumps({"config": "gone.py", "sweep": "s", "trials": trials}))
+  done = report.report(str(root))
+  assert [os.path.basename(p) for p in done["figures"]] == ["learning_curves.png"]
+  _, rows = report.collect(str(root))
+  keys = report.varied_keys(rows)
+  assert keys == ["attention", "steps", "model.hidden_dim"]
+  varying = report.differing(report.group(rows, keys), keys)
+  assert varying == ["model.hidden_dim"]
+  assert [report.legend_label(t["overrides"], varying) for t in trials.values()] == [
+      "model.hidden_dim=256", "defaults"]
