@@ -206,7 +206,7 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
     ax.grid(alpha=0.3)
   handles, labels = max((ax.get_legend_handles_labels() for ax in (ax_loss, ax_metric)),
                         key=lambda hl: len(hl[1]))
-  if labels:  # below both panels, so long labels do not squeeze them
+  if len(labels) > 1:  # below both panels, so long labels do not squeeze them
     fig.legend(handles, labels, loc="outside lower center", fontsize=7,
                ncol=1 if max(map(len, labels)) > 60 else min(3, len(labels)))
   path = os.path.join(out, "learning_curves.png")
