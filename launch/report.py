@@ -204,6 +204,7 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
   ax_metric.set(xlabel="step", ylabel=f"eval {ylabel}")
   for ax in (ax_loss, ax_metric):
     ax.grid(alpha=0.3)
+  # The panel that labelled more curves: a run may have train records but no eval yet.
   handles, labels = max((ax.get_legend_handles_labels() for ax in (ax_loss, ax_metric)),
                         key=lambda hl: len(hl[1]))
   if len(labels) > 1:  # below both panels, so long labels do not squeeze them
