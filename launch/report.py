@@ -150,7 +150,7 @@ def differing(groups: list[dict], keys: list[str]) -> list[str]:
   return [k for k in keys if len({g["config"][k] for g in groups}) > 1]
 
 
-def legend_label(overrides: dict, varying: list[str]) -> str:
+def plot_label(overrides: dict, varying: list[str]) -> str:
   """A configuration's name in the plots: its overrides that differ between configurations (the
   others are in the table), or `defaults` for the configuration that sets none of them."""
   return ",".join(f"{k}={overrides[k]}" for k in varying if k in overrides) or "defaults"
@@ -169,7 +169,7 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
     if len(points) < 2:  # one point: nothing to compare
       continue
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(points) + 2), 3.5))
-    labels = [legend_label({k: v for k, v in g["config"].items() if v != "-"}, varying)
+    labels = [plot_label({k: v for k, v in g["config"].items() if v != "-"}, varying)
               for g in points]
     means = [g["stats"][metric][0] * s for g in points]
     stds = [g["stats"][metric][1] * s for g in points]
@@ -192,7 +192,7 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
     config = manifest_lib.config_label(row["overrides"])
     first = config not in colors
     color = colors.setdefault(config, f"C{len(colors) % 10}")
-    style = dict(color=color, lw=1, label=legend_label(row["overrides"], varying) if first else None)
+    style = dict(color=color, lw=1, label=plot_label(row["overrides"], varying) if first else None)
     records = [json.loads(line) for line in open(row["curve"])]
     train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
     evals = [(r["step"], r[metric] * s) for r in records if r["split"] == "eval" and metric in r]

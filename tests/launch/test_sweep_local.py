@@ -168,5 +168,5 @@ def test_plots_name_configurations_by_what_differs_and_skip_single_points(tmp_pa
   assert keys == ["attention", "steps", "model.hidden_dim"]
   varying = report.differing(report.group(rows, keys), keys)
   assert varying == ["model.hidden_dim"]
-  assert [report.legend_label(t["overrides"], varying) for t in trials.values()] == [
+  assert [report.plot_label(t["overrides"], varying) for t in trials.values()] == [
       "model.hidden_dim=256", "defaults"]
