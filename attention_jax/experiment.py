@@ -18,6 +18,41 @@ import ml_collections
 from ml_collections import config_dict
 
 
+# One evaluator of `config.evals` (`evaluator(**changes)` fills in the rest).
+EVALUATOR = dict(
+    split="dev",
+    every=500,  # steps between runs (and at the last step); 0: once, at the end of the run
+    use_best=False,  # run with the best step's parameters (train.select_eval / select_by)
+    examples=0,  # a seeded random sample of this many records (0: the whole split)
+    sample_seed=0,  # which sample: the same seed draws the same records every time
+    decode="greedy",  # seq2seq: greedy | beam; lm: sample | greedy; none: teacher-forced only
+    max_len=0,  # decode budget (0: the task's default from the split and the model's limit)
+    beam_size=4,
+    beam_alpha=0.6,  # GNMT length penalty
+    temperature=1.0,  # lm sampling
+    prompt_len=32,  # lm: the window's opening that a sample continues
+    metrics="sequence_accuracy",  # scorers of decoded text, comma-separated (evaluate/metrics.py)
+    heatmaps=4,  # examples drawn as attention heatmaps (0: none)
+    show=3,  # decoded examples printed
+    predictions=False,  # write every decoded example to predictions_<name>.jsonl
+)
+
+
+def evaluator(**changes) -> ml_collections.ConfigDict:
+  """An entry of `config.evals`: `EVALUATOR` with `changes`; a misspelt key is an error."""
+  unknown = set(changes) - set(EVALUATOR)
+  if unknown:
+    raise ValueError(f"unknown evaluator keys {sorted(unknown)}; known: {', '.join(EVALUATOR)}")
+  return ml_collections.ConfigDict(dict(EVALUATOR, **changes))
+
+
+def test_evaluator(dev: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Scores the best dev step's parameters on the test split once, at the end, with the dev
+  evaluator's decoding and metrics, and writes every prediction."""
+  return evaluator(**dict(dev, split="test", every=0, use_best=True, examples=0, heatmaps=0,
+                          show=0, predictions=True))
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -25,12 +60,14 @@ def base_config() -> ml_collections.ConfigDict:
       name="cmudict_g2p/stress",  # see attention_jax/data/registry.py
       data_dir=config_dict.placeholder(str),  # None: $ATTENTION_JAX_DATA_DIR or ~/tensorflow_datasets
       manual_dir=config_dict.placeholder(str),  # raw files a builder cannot fetch (FreeDict)
-      tokenizer=config_dict.placeholder(str),  # None: the data set's; 'vocab' or 'sentencepiece'
+      tokenizer=config_dict.placeholder(str),  # None: the data set's; 'vocab', 'sentencepiece', 'chars'
       vocab_size=config_dict.placeholder(int),  # SentencePiece size per side (None: the data set's)
       batch_size=64,  # global batch (split over the 'data' mesh axis and processes)
-      eval_batch_size=256,
-      eval_split="dev",
-      max_eval_examples=1000,  # decoded eval examples (0: the whole split)
+      eval_batch_size=256,  # global, like batch_size
+  ))
+  c.task = ml_collections.ConfigDict(dict(
+      name="seq2seq",  # 'seq2seq' or 'lm' (attention_jax/tasks/)
+      label_smoothing=0.0,
   ))
   # Vocabulary sizes come from the data. dtype 'bfloat16': mixed precision (params stay float32).
   c.model = ml_collections.ConfigDict(dict(name="rnn_seq2seq", dtype="float32"))
@@ -39,21 +76,16 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=0.0, grad_clip_norm=1.0))
   c.train = ml_collections.ConfigDict(dict(
       steps=2000,
-      label_smoothing=0.0,
-      log_every=50,
-      eval_every=500,
+      log_every=50,  # metrics are fetched from the device, checked and written this often
       checkpoint_every=500,
       keep_checkpoints=3,
       mesh_shape=(-1, 1),  # (data, model); -1 takes the remaining devices
-      decode="greedy",  # 'greedy' or 'beam'
-      beam_size=4,
-      beam_alpha=0.6,
-      select_by="",  # eval metric that picks the best step ('' : wer, bleu, else loss)
+      select_eval="dev",  # the evaluator whose scores pick the best step
+      select_by="",  # its metric that does ('' : wer, else bleu, else loss)
       early_stop_patience=0,  # stop after this many evals without a better select_by (0: never)
-      test_split="",  # at the end, score the best step's parameters on this split ('' : none)
-      heatmap_examples=4,  # eval examples drawn as attention heatmaps at each evaluation
-      print_examples=3,
   ))
+  # Named evaluators; an experiment adds `test` (test_evaluator) to score the best step.
+  c.evals = ml_collections.ConfigDict({"dev": evaluator(examples=1000)})
   return c
 
 
@@ -61,7 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
 # the default 1,000 examples (on 1,000 G2P words dev WER moves by +-1.5 points between
 # evaluations, and a first run stopped on that noise while its dev loss was still falling),
 # and stop after 10 evaluations without a better score.
-CONVERGED = {"data.max_eval_examples": 0, "train.early_stop_patience": 10}
+CONVERGED = {"evals.dev.examples": 0, "train.early_stop_patience": 10}
 
 
 def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -93,9 +125,11 @@ def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
 
 def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A few steps of a tiny model: checks the whole path in seconds."""
-  c.data.batch_size, c.data.eval_batch_size, c.data.max_eval_examples = 16, 32, 32
-  c.train.update(steps=6, log_every=2, eval_every=3, checkpoint_every=3, heatmap_examples=2,
-                 print_examples=1)
+  c.data.batch_size, c.data.eval_batch_size = 16, 32
+  c.train.update(steps=6, log_every=2, checkpoint_every=3)
+  for ev in c.evals.values():
+    ev.update(examples=min(ev.examples or 32, 32), heatmaps=min(ev.heatmaps, 2),
+              show=min(ev.show, 1), every=3 if ev.every else 0)
   c.optim.warmup_steps = 2
   for key, value in dict(hidden_dim=16, src_embed_dim=8, tgt_embed_dim=8, d_model=16,
                          d_ff=32, num_layers=1, num_heads=2).items():

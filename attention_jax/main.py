@@ -35,7 +35,7 @@ def main(argv):
   distributed.initialize()
   try:
     result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (loop.ConfigError, DataError) as e:
+  except (loop.ConfigError, DataError) as e:  # before anything was written
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except loop.NonFiniteError as e:

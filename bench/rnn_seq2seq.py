@@ -4,7 +4,7 @@ Forward + backward + Adam (global-norm clipping at 1, as our configs do) of a
 one-layer GRU / LSTM encoder-decoder, embeddings 256, hidden 512, batch 64,
 source and target length 30, vocabulary 1000, with Bahdanau (additive) or
 Luong (dot, input feeding) attention. Ours is `RNNSeq2Seq` trained by
-`train.steps.train_step` with the optimizer of `train.optim`, jitted with the
+`train.steps.train_step` over `tasks.Seq2SeqTask`'s loss with the optimizer of `train.optim`, jitted with the
 state donated, as the trainer does; the peer is `bench/torch_rnn.py`.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from attention_jax import tasks
 from attention_jax.models.registry import build_model
 from attention_jax.train import optim, steps
 from bench import harness
@@ -72,7 +73,8 @@ def jax_state(sizes: dict, cell: str, attention: str, batch: dict, seed: int = 0
   tx, _ = optim.make_optimizer(OPTIM, total_steps=1)
   state = steps.TrainState.create(apply_fn=model.apply, params=nn.meta.unbox(variables["params"]),
                                   tx=tx)
-  train = jax.jit(functools.partial(steps.train_step, label_smoothing=0.0), donate_argnums=0)
+  task = tasks.Seq2SeqTask(model, None)
+  train = jax.jit(functools.partial(steps.train_step, loss_fn=task.loss), donate_argnums=0)
   return model, state, train
 
 

@@ -2,8 +2,8 @@
 
 d_model 256, 4 layers, 4 heads, feed-forward 1024, vocabulary 8192, T=256,
 batch 16, AdamW, no dropout. Ours is `DecoderOnlyLM` (`build_model`, name
-'lm') trained by `train.steps.train_step` with `train.optim`'s AdamW (the LM
-reads its tokens from `decoder_inputs`); the peer is `bench/torch_lm.py`.
+'lm') trained by `train.steps.train_step` over `tasks.LMTask`'s loss with
+`train.optim`'s AdamW, as the trainer runs it; the peer is `bench/torch_lm.py`.
 
 Model FLOPs per token = 6N + 12 L H Q T (Kaplan et al. 2020; PaLM appendix
 B), N the non-embedding parameters (attention and feed-forward kernels and
@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attention_jax import tasks
 from attention_jax.models.registry import build_model
 from attention_jax.train import optim, steps
 from bench import harness
@@ -41,32 +42,23 @@ def jax_model(sizes: dict, implementation: str = IMPLEMENTATION, max_len: int | 
 
 
 def make_batch(sizes: dict, seed: int = 0) -> dict[str, np.ndarray]:
-  """Next-token prediction on random tokens, in the train step's batch format."""
+  """Next-token prediction on random tokens, in the LM task's batch format."""
   rng = np.random.default_rng(seed)
   b, t = sizes["batch"], sizes["length"]
   tokens = rng.integers(4, sizes["vocab"], size=(b, t + 1)).astype(np.int32)
-  return {"inputs": np.zeros((b, 1), np.int32), "input_lengths": np.ones((b,), np.int32),
-          "decoder_inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
           "target_lengths": np.full((b,), t, np.int32), "weights": np.ones((b,), np.float32)}
-
-
-def _lm_apply(model):
-  """`apply` with the seq2seq signature the train step calls: the LM reads `decoder_inputs`."""
-  def apply(variables, inputs, input_lengths, tokens, **kwargs):
-    del inputs, input_lengths
-    return model.apply(variables, tokens, **kwargs)
-  return apply
 
 
 def jax_state(sizes: dict, batch: dict, implementation: str = IMPLEMENTATION, seed: int = 0):
   """(model, TrainState with our AdamW, jitted train step with the state donated)."""
-  model = jax_model(sizes, implementation)
-  variables = model.init(jax.random.key(seed), batch["decoder_inputs"])
+  task = tasks.LMTask(jax_model(sizes, implementation), None, seq_len=sizes["length"])
+  variables = task.init(jax.random.key(seed), batch)
   tx, _ = optim.make_optimizer(OPTIM, total_steps=1)
-  state = steps.TrainState.create(apply_fn=_lm_apply(model),
+  state = steps.TrainState.create(apply_fn=task.model.apply,
                                   params=nn.meta.unbox(variables["params"]), tx=tx)
-  train = jax.jit(functools.partial(steps.train_step, label_smoothing=0.0), donate_argnums=0)
-  return model, state, train
+  train = jax.jit(functools.partial(steps.train_step, loss_fn=task.loss), donate_argnums=0)
+  return task.model, state, train
 
 
 def non_embedding_params(params) -> int:
@@ -132,7 +124,7 @@ def run(repeats: int, budget_s: float, implementations=(IMPLEMENTATION,)) -> lis
   import torch
   rows, peak = matmul_peak(repeats)
   batch = make_batch(SIZES)
-  tokens = torch.from_numpy(batch["decoder_inputs"]).long()
+  tokens = torch.from_numpy(batch["inputs"]).long()
   targets = torch.from_numpy(batch["targets"]).long()
   fns, holders = {}, {}
   params = None

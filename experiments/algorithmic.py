@@ -19,15 +19,15 @@ def get_config(arg=None):
   args = experiment.parse_arg(arg, DEFAULTS)
   c = experiment.base_config()
   c.data.name = "algorithmic/" + args["task"]
-  c.data.max_eval_examples = 0  # dev and test have 1,000 sequences each: decode them all
   c.model.update(dict(
       attention=args["attention"], score=args["score"], cell="gru", bidirectional=True,
       src_embed_dim=32, tgt_embed_dim=32, hidden_dim=128, dropout_rate=0.0, max_len=48))
-  c.train.update(steps=args["steps"], eval_every=500, select_by="sequence_accuracy",
-                 test_split="test")
+  c.train.update(steps=args["steps"], select_by="sequence_accuracy")
+  # dev and test have 1,000 sequences each: decode them all.
+  c.evals.dev.update(every=500, examples=0, metrics="sequence_accuracy,token_error_rate")
+  c.evals.test = experiment.test_evaluator(c.evals.dev)
   if args["smoke"]:
     experiment.apply_smoke(c)
-    c.data.max_eval_examples = 32
   return c
 
 

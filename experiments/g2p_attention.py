@@ -46,7 +46,9 @@ def get_config(arg=None):
       attention=args["attention"], score=args["score"], cell=args["cell"], bidirectional=True,
       src_embed_dim=64, tgt_embed_dim=64, hidden_dim=128, dropout_rate=0.1, max_len=48))
   c.train.steps = args["steps"]  # 3000: about 5 minutes on 2 CPU cores
-  c.train.test_split = "test" if args["test"] else ""
+  c.evals.dev.metrics = "sequence_accuracy,g2p"
+  if args["test"]:
+    c.evals.test = experiment.test_evaluator(c.evals.dev)
   if args["smoke"]:
     experiment.apply_smoke(c)
   return c

@@ -28,10 +28,12 @@ def get_config(arg=None):
       weighted=args["weighted"], max_len=64, tie_output=False))
   if args["head_dim"]:
     c.model.head_dim = args["head_dim"]
-  c.train.label_smoothing = args["label_smoothing"]
+  c.task.label_smoothing = args["label_smoothing"]
   c.optim.update(learning_rate=1e-3, warmup_steps=400)
   c.train.steps = args["steps"]
-  c.train.test_split = "test" if args["test"] else ""
+  c.evals.dev.metrics = "sequence_accuracy,g2p"
+  if args["test"]:
+    c.evals.test = experiment.test_evaluator(c.evals.dev)
   if args["smoke"]:
     experiment.apply_smoke(c)
   return c

@@ -28,13 +28,15 @@ def get_config(arg=None):
   c = experiment.base_config()
   # SentencePiece (4,000 pieces a side, trained on train) instead of characters: phrases are
   # 5-15 pieces instead of 20-120 characters, 4x fewer RNN steps.
-  c.data.update(name="freedict_deu_eng", manual_dir="/usr/share/dictd", max_eval_examples=0,
+  c.data.update(name="freedict_deu_eng", manual_dir="/usr/share/dictd",
                 tokenizer="sentencepiece", vocab_size=4000)
   c.model.update(dict(
       attention=args["attention"], score=args["score"], cell="lstm", bidirectional=True,
       src_embed_dim=128, tgt_embed_dim=128, hidden_dim=256, dropout_rate=0.2, max_len=128))
   c.optim.learning_rate = 2e-3
-  c.train.update(steps=args["steps"], eval_every=1000, test_split="test")
+  c.train.steps = args["steps"]
+  c.evals.dev.update(every=1000, examples=0, metrics="sequence_accuracy,bleu")
+  c.evals.test = experiment.test_evaluator(c.evals.dev)
   if args["smoke"]:
     experiment.apply_smoke(c)
   return c

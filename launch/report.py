@@ -27,7 +27,7 @@ import numpy as np
 
 from attention_jax import experiment
 from attention_jax.data import paths
-from attention_jax.train.evaluation import HIGHER_IS_BETTER  # the trainer's best-step rule
+from attention_jax.evaluate.metrics import HIGHER_IS_BETTER  # the trainer's best-step rule
 from launch import manifest as manifest_lib, trials as trials_lib
 
 PERCENT = ("wer", "per", "wer_no_stress", "per_no_stress", "accuracy", "sequence_accuracy",
@@ -51,7 +51,7 @@ def collect(root: str, which: str = "final") -> tuple[dict, list[dict]]:
     if not os.path.exists(result_path):
       continue
     result = _load_json(result_path)
-    if which not in result:  # `test`: a run without train.test_split
+    if which not in result:  # `test`: a run without a test evaluator
       continue
     rows.append({"name": name, "overrides": record.get("overrides", {}),
                  "metrics": result[which], "result": result,
@@ -105,7 +105,7 @@ def best_index(groups: list[dict], metric: str) -> int | None:
   scored = [(i, g["stats"][metric][0]) for i, g in enumerate(groups) if metric in g["stats"]]
   if not scored:
     return None
-  sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+  sign = -1.0 if HIGHER_IS_BETTER.get(metric, False) else 1.0
   return min(scored, key=lambda s: sign * s[1])[0]
 
 
@@ -195,7 +195,9 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
     style = dict(color=color, lw=1, label=plot_label(row["overrides"], varying) if first else None)
     records = [json.loads(line) for line in open(row["curve"])]
     train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
-    evals = [(r["step"], r[metric] * s) for r in records if r["split"] == "eval" and metric in r]
+    # The selection evaluator's rows ('eval' in runs made before evaluators had names).
+    select = row["result"].get("select_eval", "eval")
+    evals = [(r["step"], r[metric] * s) for r in records if r["split"] == select and metric in r]
     if train:
       ax_loss.plot(*zip(*train), **style)
     if evals:

@@ -47,6 +47,8 @@ def test_main_averages_seeds_into_a_table_and_plot(tmp_path, capsys):
 
 def test_its_config_is_g2p_attention_with_the_test_split():
   config = G2P_LENGTH.get_config("attention=none")
-  assert config.train.test_split == "test" and config.model.attention == "none"
+  test = config.evals.test
+  assert (test.split, test.use_best, test.predictions) == ("test", True, True)
+  assert config.model.attention == "none"
   with pytest.raises(ValueError, match="unknown config argument 'bogus'"):
     G2P_LENGTH.get_config("bogus=1")

@@ -12,5 +12,6 @@ The trainer's entry points:
 from attention_jax.data.errors import DataError, DataFormatError, MissingDataError
 from attention_jax.data.paths import DATA_DIR_ENV, resolve_data_dir
 from attention_jax.data.pipeline import default_buckets, make_pipeline, steps_per_epoch
+from attention_jax.data.lm_pipeline import make_lm_pipeline, num_windows, stream_length
 from attention_jax.data.registry import DATASETS, Dataset, from_config, get_dataset, parse_name
 from attention_jax.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID, SentencePieceVocabulary, SymbolVocabulary

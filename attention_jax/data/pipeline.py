@@ -75,14 +75,17 @@ def _derive_seed(seed: int, purpose: int) -> int:
 class _Tokenize:
   """record -> {inputs, targets (ids with EOS), index}; picklable for grain."""
 
-  def __init__(self, dataset, add_eos_to_inputs: bool, num_records: int):
+  def __init__(self, dataset, add_eos_to_inputs: bool, num_records: int, indices=None):
     self._dataset = dataset
     self._add_eos = add_eos_to_inputs
     self._num_records = num_records
+    self._indices = indices  # position -> record index, for a subset of the split
 
   def __call__(self, index: int, record: dict) -> dict:
     # Downstream repeat/shuffle ask for index + epoch * num_records.
     index %= self._num_records
+    if self._indices is not None:
+      index = int(self._indices[index])
     inputs, targets = self._dataset.tokenize(record)
     if self._add_eos:
       inputs = inputs + [EOS_ID]
@@ -195,6 +198,25 @@ class _PaddedBatches(grain.MapDataset):
     return batch
 
 
+class _Subset:
+  """Records `indices` of a source, in that order, with its batched reads."""
+
+  def __init__(self, source, indices: Sequence[int]):
+    self._source, self._indices = source, [int(i) for i in indices]
+    bad = [i for i in self._indices if not 0 <= i < len(source)]
+    if bad:
+      raise DataError(f"record indices {bad[:5]} are outside the split's {len(source)} records")
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, position: int):
+    return self._source[self._indices[position]]
+
+  def _getitems(self, positions: Sequence[int]) -> list:
+    return self._source._getitems([self._indices[p] for p in positions])  # pylint: disable=protected-access
+
+
 def _sort_key(row):
   return (sys.maxsize, 0) if row is None else (len(row["inputs"]), len(row["targets"]))
 
@@ -215,7 +237,8 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
                   target_buckets: Sequence[int] | None = None, sort_window: int = 0,
                   add_eos_to_inputs: bool = True, process_index: int | None = None,
                   process_count: int | None = None, num_threads: int = 2,
-                  prefetch_batches: int = 8) -> grain.IterDataset:
+                  prefetch_batches: int = 8,
+                  indices: Sequence[int] | None = None) -> grain.IterDataset:
   """A grain pipeline of padded batches (see the module docstring for the format).
 
   Args:
@@ -235,6 +258,8 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
     add_eos_to_inputs: end every input with EOS.
     process_index / process_count: this process's block of each batch (default from jax).
     num_threads / prefetch_batches: grain read threads and buffered batches (0 threads: none).
+    indices: only these records of the split, in this order (an evaluator's sample);
+      `index` in the batches stays the record's index in the whole split.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -251,8 +276,11 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
   shard, shards = _process_shard(process_index, process_count)
 
   source = dataset.source(split)
+  if indices is not None:
+    source = _Subset(source, indices)
   ds = grain.MapDataset.source(source)
-  ds = ds.map_with_index(_Tokenize(dataset, add_eos_to_inputs, len(source)))
+  ds = ds.map_with_index(_Tokenize(dataset, add_eos_to_inputs, len(source),
+                                   None if indices is None else np.asarray(indices)))
   global_batch = batch_size * shards
   if train:
     if len(ds) < global_batch:

@@ -38,7 +38,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("names", nargs="+", help="data set names, e.g. cmudict_g2p or algorithmic/sort, or all")
   parser.add_argument("--data_dir", default=None, help="root of prepared data sets")
-  parser.add_argument("--manual_dir", default=None, help="directory with raw files (FreeDict)")
+  parser.add_argument("--manual_dir", default=None,
+                      help="directory with raw files (FreeDict, fortunes)")
   args = parser.parse_args(argv)
   try:
     for name in expand(args.names):

@@ -6,6 +6,8 @@ Names are `name` or `name/config`, as in TFDS:
   algorithmic[/copy|/reverse|/sort|/addition]   length generalisation (default: copy)
   freedict_deu_eng                       FreeDict German -> English examples (manual_dir)
   wmt14[/de-en]                          TFDS's wmt14_translate, prepared by the user
+  fortunes                               Debian fortune cookies, character LM (manual_dir)
+  tiny_shakespeare                       TFDS's tiny_shakespeare, prepared by the user
 
 Every `Dataset` exposes the same records (inputs, targets, references as str),
 an input and a target vocabulary, and split names train / dev / test.
@@ -20,11 +22,12 @@ from attention_jax.data import paths
 from attention_jax.data.algorithmic import Algorithmic
 from attention_jax.data.cmudict_g2p import CmudictG2p
 from attention_jax.data.errors import DataError, MissingDataError
+from attention_jax.data.fortunes import Fortunes, find_fortune_files
 from attention_jax.data.freedict import FreedictDeuEng, find_source_file
 from attention_jax.data.text_builder import INPUT_VOCAB_FILE, TARGET_VOCAB_FILE
 from attention_jax.data.vocab import SentencePieceVocabulary, SymbolVocabulary
 
-TOKENIZERS = ("vocab", "sentencepiece")
+TOKENIZERS = ("vocab", "sentencepiece", "chars")
 SPM_MAX_SENTENCES = 300_000  # SentencePiece trains on at most this many train sentences
 
 
@@ -36,7 +39,8 @@ class Spec:
   configs: tuple[str, ...]          # known config names ("" when there are none)
   fields: tuple[str, str] = ("inputs", "targets")  # record keys of source and target text
   split_names: tuple[tuple[str, str], ...] = (("train", "train"), ("dev", "dev"), ("test", "test"))
-  tokenizer: str = "vocab"          # default: "vocab" (files built with the data) or "sentencepiece"
+  tokenizer: str = "vocab"          # default: "vocab" (files built with the data), "sentencepiece"
+                                    # or "chars" (built from train when first asked for)
   vocab_size: int = 8000            # default SentencePiece size
   how_to_prepare: str = ""          # shown when the data set is missing and cannot be built here
 
@@ -53,7 +57,21 @@ DATASETS = {
             "On a machine with network access and TensorFlow, run `tfds build wmt14_translate "
             "--config=de-en --file_format=array_record --data_dir=DIR` and copy DIR's "
             "wmt14_translate/ into the data dir.")),
+    # After wmt14: error messages list the names in this order.
+    "fortunes": Spec(Fortunes, "fortunes", ("",)),
+    "tiny_shakespeare": Spec(
+        None, "tiny_shakespeare", ("",), fields=("text", "text"),
+        split_names=(("train", "train"), ("dev", "validation"), ("test", "test")),
+        tokenizer="chars",
+        how_to_prepare=(
+            "On a machine with network access and TensorFlow, run `tfds build tiny_shakespeare "
+            "--file_format=array_record --data_dir=DIR` and copy DIR's tiny_shakespeare/ into "
+            "the data dir. Offline, `fortunes` (apt-get install fortunes) is the character-level "
+            "corpus built here.")),
 }
+
+# Builders whose raw files are checked before TFDS creates any directory.
+_SOURCE_CHECKS = {FreedictDeuEng: find_source_file, Fortunes: find_fortune_files}
 
 
 def parse_name(name: str) -> tuple[str, str]:
@@ -82,7 +100,7 @@ def make_builder(name: str, data_dir: str | None = None, config=None) -> tfds.co
   spec = DATASETS[base]
   data_dir = paths.resolve_data_dir(data_dir)
   if spec.builder_cls is None:
-    full = f"{spec.tfds_name}/{config_name}"
+    full = f"{spec.tfds_name}/{config_name}" if config_name else spec.tfds_name
     try:
       return tfds.builder(full, data_dir=data_dir)
     except Exception as e:  # TFDS raises several kinds when neither code nor data is there
@@ -101,8 +119,14 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
   builder = make_builder(name, data_dir, config)
   if is_prepared(builder):
     return builder
-  if builder.__class__ is FreedictDeuEng:
-    find_source_file(manual_dir, search_default=manual_dir is None)  # fail early, clearly
+  spec = DATASETS[parse_name(name.partition("/")[0])[0]]
+  if spec.builder_cls is None:
+    # TFDS has code for some of these (tiny_shakespeare) but it needs network and TensorFlow.
+    raise MissingDataError(f"{builder.name} is not prepared in {builder.data_dir}. "
+                           f"{spec.how_to_prepare}")
+  check = _SOURCE_CHECKS.get(builder.__class__)
+  if check is not None:
+    check(manual_dir, search_default=manual_dir is None)  # fail early, clearly
   builder.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -211,9 +235,11 @@ def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | Non
     name: 'cmudict_g2p', 'cmudict_g2p/no_stress', 'algorithmic/reverse', ... (see DATASETS).
     data_dir: root of prepared data; default from ATTENTION_JAX_DATA_DIR,
       TFDS_DATA_DIR or ~/tensorflow_datasets (see `paths`).
-    manual_dir: where raw files the builder cannot fetch live (FreeDict).
-    tokenizer: "vocab" (characters / symbols of the train split) or
-      "sentencepiece"; default per data set.
+    manual_dir: where raw files the builder cannot fetch live (FreeDict, fortunes).
+    tokenizer: "vocab" (characters / symbols of the train split, files built
+      with the data), "sentencepiece", or "chars" (characters of the train
+      split, built on first use and cached beside the data: for data sets
+      without vocabulary files such as tiny_shakespeare); default per data set.
     vocab_size: SentencePiece vocabulary size (default per data set).
     prepare_if_missing: build the data set when it is not in data_dir.
     config: a BuilderConfig object instead of a named config (tests, custom
@@ -234,7 +260,8 @@ def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | Non
   tokenizer = tokenizer or spec.tokenizer
   if tokenizer == "vocab":
     if not (builder.data_path / INPUT_VOCAB_FILE).exists():
-      raise DataError(f"{name} has no character/symbol vocabulary; use tokenizer='sentencepiece'.")
+      raise DataError(f"{name} has no character/symbol vocabulary; use tokenizer='chars' or "
+                      "'sentencepiece'.")
     in_vocab = SymbolVocabulary.load(builder.data_path / INPUT_VOCAB_FILE)
     out_vocab = SymbolVocabulary.load(builder.data_path / TARGET_VOCAB_FILE)
   elif tokenizer == "sentencepiece":
@@ -242,6 +269,9 @@ def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | Non
     dataset = Dataset(name, builder, spec, None, None)
     in_vocab = _sentencepiece(dataset, "inputs", size)
     out_vocab = _sentencepiece(dataset, "targets", size)
+  elif tokenizer == "chars":
+    dataset = Dataset(name, builder, spec, None, None)
+    in_vocab, out_vocab = _chars(dataset, "inputs"), _chars(dataset, "targets")
   else:
     raise DataError(f"Unknown tokenizer {tokenizer!r}; known: {', '.join(TOKENIZERS)}.")
   return Dataset(name, builder, spec, in_vocab, out_vocab)
@@ -264,4 +294,14 @@ def _sentencepiece(dataset: Dataset, side: str, size: int) -> SentencePieceVocab
   texts = [r[side] for i in range(0, n, 4096) for r in src.getitems(range(i, min(i + 4096, n)))]
   vocab = SentencePieceVocabulary.train(texts, size)
   vocab.save(path)
+  return vocab
+
+
+def _chars(dataset: Dataset, side: str) -> SymbolVocabulary:
+  """Loads the side's character vocabulary beside the data, building it from train if absent."""
+  path = os.path.join(os.fspath(dataset.builder.data_path), f"chars_{side}.json")
+  if os.path.exists(path):
+    return SymbolVocabulary.load(path)
+  vocab = SymbolVocabulary.build((r[side] for r in dataset.texts("train")), "chars")
+  vocab.save(path)  # atomic: concurrent first uses write the same file
   return vocab

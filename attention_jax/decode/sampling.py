@@ -26,8 +26,11 @@ StepFn = Callable[[Any, Array], tuple[Array, Any]]
 
 def _decode_loop(step_fn: StepFn, state: Any, choose: Callable[[Array, Array], Array],
                  rng: Array, batch: int, bos_id: int, eos_id: int, max_len: int,
-                 pad_id: int) -> Array:
-  """Run `choose(logits, rng) -> tokens` until EOS or `max_len`; returns `[batch, max_len]`."""
+                 pad_id: int, first_tokens: Array | None = None) -> Array:
+  """Run `choose(logits, rng) -> tokens` until EOS or `max_len`; returns `[batch, max_len]`.
+
+  The first step is fed `first_tokens [batch]` (a prompt's last token), else BOS.
+  """
 
   def cond(carry):
     t, _, _, _, finished, _ = carry
@@ -42,22 +45,23 @@ def _decode_loop(step_fn: StepFn, state: Any, choose: Callable[[Array, Array], A
     return t + 1, tokens, out, state, finished | (tokens == eos_id), rng
 
   out = jnp.full((batch, max_len), pad_id, jnp.int32)
-  first = jnp.full((batch,), bos_id, jnp.int32)
+  first = (jnp.full((batch,), bos_id, jnp.int32) if first_tokens is None
+           else jnp.asarray(first_tokens, jnp.int32))
   carry = (0, first, out, state, jnp.zeros((batch,), bool), rng)
   return lax.while_loop(cond, body, carry)[2]
 
 
 def greedy(step_fn: StepFn, state: Any, batch: int, *, bos_id: int, eos_id: int,
-           max_len: int, pad_id: int = 0) -> Array:
+           max_len: int, pad_id: int = 0, first_tokens: Array | None = None) -> Array:
   """Argmax decoding. Returns tokens `[batch, max_len]`: EOS included, then pads."""
   choose = lambda logits, _: jnp.argmax(logits, axis=-1).astype(jnp.int32)
   return _decode_loop(step_fn, state, choose, jax.random.key(0), batch, bos_id, eos_id,
-                      max_len, pad_id)
+                      max_len, pad_id, first_tokens)
 
 
 def sample(step_fn: StepFn, state: Any, batch: int, rng: Array, *, bos_id: int, eos_id: int,
            max_len: int, temperature: float = 1.0, top_k: int | None = None,
-           pad_id: int = 0) -> Array:
+           pad_id: int = 0, first_tokens: Array | None = None) -> Array:
   """Ancestral sampling from softmax(logits / temperature), optionally among the top k.
 
   Returns tokens `[batch, max_len]`: EOS included, then pads.
@@ -72,4 +76,5 @@ def sample(step_fn: StepFn, state: Any, batch: int, rng: Array, *, bos_id: int, 
       logits = jnp.where(logits < kth, -jnp.inf, logits)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
-  return _decode_loop(step_fn, state, choose, rng, batch, bos_id, eos_id, max_len, pad_id)
+  return _decode_loop(step_fn, state, choose, rng, batch, bos_id, eos_id, max_len, pad_id,
+                      first_tokens)

@@ -88,6 +88,9 @@ class RNNSeq2Seq(nn.Module):
     _check("RNNSeq2Seq.cell", self.cell, recurrent.CELLS)
     super().__post_init__()
 
+  # A recurrent decoder can run for any number of steps (max_len bounds the source).
+  max_decode_len = None
+
   @property
   def _feeds(self) -> bool:
     """Whether h~_{t-1} enters the next cell input (Luong's input feeding)."""

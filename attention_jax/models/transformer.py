@@ -78,6 +78,11 @@ class _TransformerBase(nn.Module):
   dtype: Any = jnp.float32  # compute dtype
   param_dtype: Any = jnp.float32
 
+  @property
+  def max_decode_len(self) -> int:
+    """The longest sequence the positional table and the KV cache hold."""
+    return self.max_len
+
   def _check(self):
     if self.head_dim is None and self.d_model % self.num_heads:
       raise ValueError(f"model.num_heads ({self.num_heads}) must divide model.d_model "

@@ -27,9 +27,13 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def due(self, step: int) -> bool:
+    """Whether `step` is one of the periodic saves."""
+    return self.every > 0 and step % self.every == 0
+
   def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
     """Save at multiples of `every`, or always with `force`; returns whether it saved."""
-    if not force and (self.every <= 0 or step % self.every):
+    if not force and not self.due(step):
       return False
     if self.manager.latest_step() == step:
       return False  # already saved (e.g. the final step is also a multiple of `every`)

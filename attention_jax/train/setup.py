@@ -10,15 +10,15 @@ import optax
 from attention_jax.train import partition, steps
 
 
-def create_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                 example_batch: dict, mesh) -> tuple[steps.TrainState, object]:
+def create_state(task, tx: optax.GradientTransformation, rng: jax.Array, batch_size: int,
+                 mesh) -> tuple[steps.TrainState, object]:
   """Shapes from `jax.eval_shape`, shardings from the logical rules, then one jitted
   init whose outputs land sharded (no full copy on one device first)."""
+  example = task.example_batch(batch_size)
 
   def init(rng):
-    variables = model.init(rng, example_batch["inputs"], example_batch["input_lengths"],
-                           example_batch["decoder_inputs"])
-    return steps.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx)
+    params = task.init(rng, example)["params"]
+    return steps.TrainState.create(apply_fn=task.model.apply, params=params, tx=tx)
 
   with partition.activate(mesh):
     abstract = jax.eval_shape(init, rng)
@@ -27,14 +27,14 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Ar
   return state, shardings
 
 
-def jit_steps(state_shardings, mesh, *, label_smoothing: float, schedule: optax.Schedule):
-  """(train_step, eval_step) compiled with explicit shardings; the state is donated."""
+def jit_steps(task, state_shardings, mesh, *, schedule: optax.Schedule):
+  """(train_step(state, batch, rng), eval_step(params, batch)) compiled with explicit
+  shardings; the train step donates the state."""
   batch = partition.batch_sharding(mesh)
   rep = partition.replicated(mesh)
-  train = jax.jit(
-      functools.partial(steps.train_step, label_smoothing=label_smoothing, schedule=schedule),
-      in_shardings=(state_shardings, batch, rep), out_shardings=(state_shardings, rep),
-      donate_argnums=0)
-  evaluate = jax.jit(functools.partial(steps.eval_step, label_smoothing=label_smoothing),
-                     in_shardings=(state_shardings, batch), out_shardings=rep)
+  train = jax.jit(functools.partial(steps.train_step, loss_fn=task.loss, schedule=schedule),
+                  in_shardings=(state_shardings, batch, rep), out_shardings=(state_shardings, rep),
+                  donate_argnums=0)
+  evaluate = jax.jit(functools.partial(steps.eval_step, loss_fn=task.loss),
+                     in_shardings=(state_shardings.params, batch), out_shardings=rep)
   return train, evaluate

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from attention_jax.train import steps  # noqa: E402
+from attention_jax import tasks  # noqa: E402
 from bench import attention, decode, rnn_seq2seq, torch_lm, torch_rnn, transformer_lm  # noqa: E402
 
 RNN_SMALL = dict(vocab=23, embed=8, hidden=16, batch=3, src_len=7, tgt_len=5)
@@ -31,7 +31,7 @@ def _params(model, seed, *args, scale=0.1):
 
 
 def _mean_nll(logits, targets):
-  return jnp.mean(steps.cross_entropy(logits, targets, 0.0)[1])
+  return jnp.mean(tasks.cross_entropy(logits, targets, 0.0)[1])
 
 
 def _grad(tensor):
@@ -74,13 +74,13 @@ def test_rnn_peer_loss_and_gradients(cell, attention_kind):
 def test_lm_peer_loss_and_gradients():
   batch = transformer_lm.make_batch(LM_SMALL)
   model = transformer_lm.jax_model(LM_SMALL)
-  params = _params(model, 2, batch["decoder_inputs"])
-  loss_fn = lambda p: _mean_nll(model.apply({"params": p}, batch["decoder_inputs"]),
+  params = _params(model, 2, batch["inputs"])
+  loss_fn = lambda p: _mean_nll(model.apply({"params": p}, batch["inputs"]),
                                 batch["targets"])
   loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
 
   peer, _ = transformer_lm.torch_peer(LM_SMALL, params)
-  peer_loss = torch_lm.loss_fn(peer, torch.from_numpy(batch["decoder_inputs"]).long(),
+  peer_loss = torch_lm.loss_fn(peer, torch.from_numpy(batch["inputs"]).long(),
                                torch.from_numpy(batch["targets"]).long())
   peer_loss.backward()
   np.testing.assert_allclose(peer_loss.item(), loss, rtol=1e-5)

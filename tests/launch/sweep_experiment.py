@@ -12,8 +12,8 @@ def get_config(arg=None):
                       bidirectional=True, src_embed_dim=8, tgt_embed_dim=8, hidden_dim=16,
                       dropout_rate=0.0, max_len=24))
   experiment.apply_smoke(c)
-  c.data.max_eval_examples = 16
-  c.train.update(steps=args["steps"], heatmap_examples=1, print_examples=0)
+  c.train.steps = args["steps"]
+  c.evals.dev.update(examples=16, heatmaps=1, show=0, metrics="sequence_accuracy,token_error_rate")
   return c
 
 
@@ -27,7 +27,7 @@ def sweep(add):
 
 def long(add):
   """One trial long enough to be interrupted."""
-  add(**{"train.steps": 60, "train.checkpoint_every": 5, "train.eval_every": 30})
+  add(**{"train.steps": 60, "train.checkpoint_every": 5, "evals.dev.every": 30})
 
 
 def single(add):

@@ -117,7 +117,7 @@ def test_report_means_and_stds_over_seeds(tmp_path):
 
 def test_interrupted_trial_resumes_from_its_checkpoint(data_dir, tmp_path):
   root = tmp_path / "sweep"
-  trial = root / "train.checkpoint_every=5,train.eval_every=30,train.steps=60"
+  trial = root / "evals.dev.every=30,train.checkpoint_every=5,train.steps=60"
   os.makedirs(trial)
   # The trial's log is a pipe: reading it tells when training is under way, without sleeping.
   os.mkfifo(trial / "log.txt")

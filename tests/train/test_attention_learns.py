@@ -16,10 +16,11 @@ def test_reverse_task_learns_an_anti_diagonal(tmp_path, monkeypatch):
   monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", str(tmp_path / "data"))
   config = experiment.load(G2P).get_config("smoke=True,score=general")
   config.data.name = "algorithmic/reverse"
-  config.data.batch_size, config.data.max_eval_examples = 32, 32
+  config.data.batch_size = 32
   config.model.update(hidden_dim=32, src_embed_dim=16, tgt_embed_dim=16, dropout_rate=0.0)
   config.optim.learning_rate = 0.01
-  config.train.update(steps=1000, eval_every=1000, log_every=500, checkpoint_every=1000)
+  config.train.update(steps=1000, log_every=500, checkpoint_every=1000)
+  config.evals.dev.update(every=1000, examples=32, metrics="sequence_accuracy")
   workdir = str(tmp_path / "run")
   result = loop.train_and_evaluate(config, workdir)
   assert os.listdir(result["heatmaps"])  # the PNGs this test reads as numbers below

@@ -2,6 +2,7 @@
 import jax
 import numpy as np
 
+from attention_jax import tasks
 from attention_jax.models.registry import build_model
 from attention_jax.train import checkpoint, optim, partition, setup
 
@@ -12,11 +13,9 @@ OPTIM = dict(name="adamw", learning_rate=1e-2, warmup_steps=0, schedule="constan
 def _state():
   model = build_model(dict(name="transformer", vocab_size=12, d_model=16, num_heads=2, d_ff=32,
                            num_layers=1, max_len=8))
-  batch = {"inputs": np.full((2, 4), 3, np.int32), "input_lengths": np.array([4, 2], np.int32),
-           "decoder_inputs": np.full((2, 3), 4, np.int32)}
   tx, _ = optim.make_optimizer(OPTIM, 10)
   mesh = partition.make_mesh((-1, 1))
-  return setup.create_state(model, tx, jax.random.key(0), batch, mesh)[0]
+  return setup.create_state(tasks.Seq2SeqTask(model, None), tx, jax.random.key(0), 2, mesh)[0]
 
 
 def test_save_and_restore_round_trip(tmp_path):

@@ -19,7 +19,8 @@ from attention_jax.train import loop
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
 G2P = os.path.join(ROOT, "experiments", "g2p_attention.py")
-COPY = ["--config.data.name=algorithmic/copy", "--config.data.max_eval_examples=16"]
+COPY = ["--config.data.name=algorithmic/copy", "--config.evals.dev.examples=16",
+        "--config.evals.dev.metrics=sequence_accuracy,token_error_rate"]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_smoke_config_trains_evaluates_and_draws(config, data_dir, tmp_path):
     pytest.skip(f"{os.path.basename(config)} reads {manual_dir}, not on this machine")
   workdir = tmp_path / "run"
   proc = _run(data_dir, f"{config}:smoke=True", workdir, "--config.train.steps=2",
-              "--config.train.eval_every=2")
+              "--config.evals.dev.every=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"results: {workdir}/result.json" in proc.stdout
   result = json.loads((workdir / "result.json").read_text())
@@ -71,6 +72,10 @@ def test_smoke_config_trains_evaluates_and_draws(config, data_dir, tmp_path):
     ("--config.data.name=nosuch", "data.name='nosuch'"),
     ("--config.data.tokenizer=words", "data.tokenizer='words' is unknown"),
     ("--config.train.mesh_shape=(3,1)", "mesh_shape (3, 1) needs 3 devices"),
+    ("--config.data.eval_batch_size=0", "data.eval_batch_size=0 is not a positive multiple"),
+    ("--config.evals.dev.decode=nucleus", "evals.dev.decode='nucleus' is unknown"),
+    ("--config.train.select_by=werr", "train.select_by='werr' is not a metric"),
+    ("--config.train.select_eval=test", "train.select_eval='test' is not a periodic evaluator"),
 ])
 def test_bad_config_exits_2_before_writing(flag, message, data_dir, tmp_path):
   workdir = tmp_path / "run"
@@ -100,7 +105,7 @@ def test_non_finite_loss_stops_and_keeps_good_checkpoints(data_dir, tmp_path):
   proc = _run(data_dir, f"{G2P}:smoke=True", workdir, *COPY,
               "--config.optim.learning_rate=1e30", "--config.train.checkpoint_every=1")
   assert proc.returncode == 1, proc.stderr[-2000:]
-  assert "non-finite" in proc.stderr and "at step" in proc.stderr
+  assert "non-finite" in proc.stderr and "between steps" in proc.stderr
   for path in glob.glob(str(workdir / "checkpoints" / "*")):
     params = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))["params"]
     assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(params))
@@ -118,7 +123,7 @@ def _wait_for(path, proc, timeout=300):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_interrupted_run_resumes_to_the_same_parameters(sig, data_dir, tmp_path):
   flags = [*COPY, "--config.train.steps=8", "--config.train.checkpoint_every=2",
-           "--config.train.eval_every=8", "--config.model.dropout_rate=0.1"]
+           "--config.evals.dev.every=8", "--config.model.dropout_rate=0.1"]
   config = f"{G2P}:smoke=True"
   straight = tmp_path / "straight"
   assert _run(data_dir, config, straight, *flags).returncode == 0
@@ -163,8 +168,9 @@ def test_every_attention_kind_trains_from_its_config(attention, score, dtype, da
   monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", data_dir)
   config = experiment.load(G2P).get_config(f"smoke=True,attention={attention},score={score}")
   config.model.dtype = dtype
-  config.train.update(steps=1, eval_every=1, heatmap_examples=1)
-  config.data.update(max_eval_examples=4, eval_batch_size=8)
+  config.train.steps = 1
+  config.evals.dev.update(every=1, heatmaps=1, examples=4)
+  config.data.eval_batch_size = 8
   result = loop.train_and_evaluate(config, str(tmp_path / "run"))  # in-process: cheaper
   assert result["step"] == 1 and np.isfinite(result["final"]["loss"])
   if attention == "none":

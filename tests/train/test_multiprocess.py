@@ -9,7 +9,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAGS = ["--config=experiments/g2p_attention.py:smoke=True", "--config.data.name=algorithmic/copy",
-         "--config.data.max_eval_examples=16", "--config.train.heatmap_examples=1"]
+         "--config.evals.dev.examples=16", "--config.evals.dev.heatmaps=1",
+         "--config.evals.dev.metrics=sequence_accuracy,token_error_rate"]
 
 
 def _free_port() -> int:

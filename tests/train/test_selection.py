@@ -5,52 +5,58 @@ import os
 
 import pytest
 
-from attention_jax import experiment
-from attention_jax.train import evaluation, loop
+from attention_jax import experiment, tasks
+from attention_jax.evaluate import metrics
+from attention_jax.train import history as history_lib, loop, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "tests", "launch", "sweep_experiment.py")
 
 
-def _config(**train):
+def _config(test=False, **train):
   config = experiment.load(TINY).get_config("steps=20")
-  config.train.update(eval_every=2, heatmap_examples=0, **train)
+  config.evals.dev.update(every=2, heatmaps=0)
+  if test:
+    config.evals.test = experiment.test_evaluator(config.evals.dev)
+  config.train.update(**train)
   return config
 
 
 def test_selection_metric_and_direction():
   config = _config()
-  assert evaluation.selection_metric(config, {"loss": 1.0, "wer": 0.3}) == "wer"
-  assert evaluation.selection_metric(config, {"loss": 1.0, "bleu": 20.0}) == "bleu"
-  assert evaluation.selection_metric(config, {"loss": 1.0}) == "loss"
-  assert evaluation.better("bleu", 21.0, 20.0) and not evaluation.better("wer", 0.4, 0.3)
+  task = lambda: tasks.build_task(config, None, vocab_size=16)
+  for scorers, want in (("sequence_accuracy,g2p", "wer"), ("bleu", "bleu"),
+                        ("sequence_accuracy", "loss")):
+    config.evals.dev.metrics = scorers
+    assert validate.selection_metric(config, task()) == want
+  assert metrics.better("bleu", 21.0, 20.0) and not metrics.better("wer", 0.4, 0.3)
+  assert metrics.better("bits_per_char", 1.9, 2.0) and metrics.better("sequence_accuracy", 0.5, 0.4)
   history = [(2, {"wer": 0.5}), (4, {"wer": 0.3}), (6, {"wer": 0.3}), (8, {"wer": 0.4})]
-  assert loop._best(config, history) == (4, {"wer": 0.3})  # the first of equals
-  config.train.early_stop_patience = 2
-  assert loop._patience_ran_out(config, history)
-  assert not loop._patience_ran_out(config, history[:3])
-  config.train.early_stop_patience = 0
-  assert not loop._patience_ran_out(config, history)
+  assert history_lib.best(history, "wer") == (4, {"wer": 0.3})  # the first of equals
+  assert history_lib.patience_ran_out(history, "wer", 2)
+  assert not history_lib.patience_ran_out(history[:3], "wer", 2)
+  assert not history_lib.patience_ran_out(history, "wer", 0)
 
 
 def test_history_survives_a_resume(tmp_path):
-  rows = [{"step": 2, "split": "eval", "wer": 0.5},
+  rows = [{"step": 2, "split": "dev", "wer": 0.5}, {"step": 2, "split": "other", "wer": 0.9},
           {"step": 2, "split": "train", "loss": 3.0, "elapsed_s": 7.5},
-          {"step": 4, "split": "eval", "wer": 0.4}, {"step": 4, "split": "eval", "wer": 0.35},
+          {"step": 4, "split": "dev", "wer": 0.4}, {"step": 4, "split": "dev", "wer": 0.35},
           {"step": 4, "split": "train", "loss": 2.0, "elapsed_s": 9.0},
-          {"step": 6, "split": "eval", "wer": 0.3},
+          {"step": 6, "split": "dev", "wer": 0.3},
           {"step": 6, "split": "train", "loss": 1.0, "elapsed_s": 12.0}]
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   # Resumed from step 4: its last eval of step 4 counts, and the time spent up to step 4.
-  assert loop._history(str(tmp_path), 4) == ([(2, {"wer": 0.5}), (4, {"wer": 0.35})], 9.0)
-  assert loop._history(str(tmp_path), 3) == ([(2, {"wer": 0.5})], 7.5)
-  assert loop._history(str(tmp_path), 0) == ([], 0.0)
+  history = lambda step: history_lib.history(str(tmp_path), step, "dev")
+  assert history(4) == ([(2, {"wer": 0.5}), (4, {"wer": 0.35})], 9.0)
+  assert history(3) == ([(2, {"wer": 0.5})], 7.5)
+  assert history(0) == ([], 0.0)
 
 
 def test_early_stop_and_test_split_use_the_best_step(tmp_path, monkeypatch):
   monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", str(tmp_path / "data"))
   # A zero learning rate: the first evaluation stays the best, so patience 2 stops at step 6.
-  config = _config(early_stop_patience=2, test_split="test", select_by="loss")
+  config = _config(test=True, early_stop_patience=2, select_by="loss")
   config.optim.learning_rate = 0.0
   result = loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["stopped_early"] and result["step"] == 6
@@ -64,6 +70,8 @@ def test_early_stop_and_test_split_use_the_best_step(tmp_path, monkeypatch):
 
 def test_unknown_test_split_is_a_config_error(tmp_path, monkeypatch):
   monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", str(tmp_path / "data"))
-  with pytest.raises(loop.ConfigError, match="train.test_split='tset' is not a split"):
-    loop.train_and_evaluate(_config(test_split="tset"), str(tmp_path / "run"))
+  config = _config(test=True)
+  config.evals.test.split = "tset"
+  with pytest.raises(loop.ConfigError, match="evals.test.split='tset' is not a split"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()

@@ -11,6 +11,7 @@ import pytest
 SCRIPT = r"""
 import json, sys
 import jax, numpy as np
+from attention_jax import tasks
 from attention_jax.models.registry import build_model
 from attention_jax.train import optim, partition, setup
 
@@ -30,8 +31,9 @@ batch = {"inputs": rng.integers(3, 12, (b, s)).astype(np.int32),
          "decoder_inputs": np.concatenate([np.ones((b, 1), np.int32), targets[:, :-1]], 1)}
 tx, schedule = optim.make_optimizer(dict(name="adamw", learning_rate=3e-3, warmup_steps=2,
     schedule="rsqrt", b1=0.9, b2=0.98, weight_decay=0.01, grad_clip_norm=1.0), 100)
-state, shardings = setup.create_state(model, tx, jax.random.key(0), batch, mesh)
-train, _ = setup.jit_steps(shardings, mesh, label_smoothing=0.1, schedule=schedule)
+task = tasks.Seq2SeqTask(model, None, label_smoothing=0.1)
+state, shardings = setup.create_state(task, tx, jax.random.key(0), b, mesh)
+train, _ = setup.jit_steps(task, shardings, mesh, schedule=schedule)
 losses = []
 with partition.activate(mesh):
   for _ in range(4):

@@ -1,10 +1,13 @@
 """Loss against NumPy; the sharded jitted step learns; hard attention adds REINFORCE."""
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
+from attention_jax import tasks
 from attention_jax.models.registry import build_model
-from attention_jax.train import optim, partition, setup, steps
+from attention_jax.tasks import seq2seq
+from attention_jax.train import optim, partition, setup
 
 OPTIM = dict(name="adamw", learning_rate=1e-2, warmup_steps=0, schedule="constant", b1=0.9,
              b2=0.98, weight_decay=0.0, grad_clip_norm=1.0)
@@ -25,7 +28,7 @@ def _batch(seed=0, b=8, s=6, t=5, vocab=12):
 def test_label_smoothed_cross_entropy_matches_numpy():
   rng = np.random.default_rng(0)
   logits, targets = rng.normal(size=(2, 3, 7)), rng.integers(0, 7, (2, 3))
-  smoothed, nll = steps.cross_entropy(np.float32(logits), targets, 0.1)
+  smoothed, nll = tasks.cross_entropy(np.float32(logits), targets, 0.1)
   log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   q = np.full((2, 3, 7), 0.1 / 7)
   for idx in np.ndindex(2, 3):
@@ -34,14 +37,14 @@ def test_label_smoothed_cross_entropy_matches_numpy():
   want_nll = -np.take_along_axis(log_p, targets[..., None], -1)[..., 0]
   np.testing.assert_allclose(nll, want_nll, rtol=1e-5)
   # At 0 the smoothing term is skipped: both outputs are the plain NLL.
-  for out in steps.cross_entropy(np.float32(logits), targets, 0.0):
+  for out in tasks.cross_entropy(np.float32(logits), targets, 0.0):
     np.testing.assert_allclose(out, want_nll, rtol=1e-5)
 
 
 def test_token_mask_counts_real_tokens_of_real_rows():
   batch = _batch()
   want = (np.arange(5)[None] < batch["target_lengths"][:, None]) * batch["weights"][:, None]
-  np.testing.assert_array_equal(steps.token_mask(batch), want)
+  np.testing.assert_array_equal(tasks.token_mask(batch), want)
 
 
 @pytest.mark.parametrize("attention", ["luong", "hard"])
@@ -49,18 +52,19 @@ def test_sharded_step_learns_a_fixed_batch(attention):
   model = build_model(dict(name="rnn_seq2seq", vocab_size=12, attention=attention, score="dot",
                            hidden_dim=16, src_embed_dim=8, tgt_embed_dim=8))
   batch = _batch(1)
+  task = tasks.Seq2SeqTask(model, None)
   tx, schedule = optim.make_optimizer(OPTIM, 100)
   mesh = partition.make_mesh((-1, 1))
-  state, shardings = setup.create_state(model, tx, jax.random.key(0), batch, mesh)
-  train, evaluate = setup.jit_steps(shardings, mesh, label_smoothing=0.0, schedule=schedule)
+  state, shardings = setup.create_state(task, tx, jax.random.key(0), 8, mesh)
+  train, evaluate = setup.jit_steps(task, shardings, mesh, schedule=schedule)
   with partition.activate(mesh):
     sharded = partition.shard_batch(batch, mesh)
-    first = evaluate(state, sharded)
+    first = evaluate(state.params, sharded)
     for _ in range(30):
       state, metrics = train(state, sharded, jax.random.key(1))
-    last = evaluate(state, sharded)
+    last = evaluate(state.params, sharded)
   assert int(state.step) == 30
-  assert float(first["tokens"]) == np.sum(steps.token_mask(batch))
+  assert float(first["tokens"]) == np.sum(tasks.token_mask(batch))
   assert float(last["nll_sum"]) < 0.5 * float(first["nll_sum"])
   assert all(np.isfinite(float(v)) for v in metrics.values())
 
@@ -78,12 +82,11 @@ def test_hard_attention_scores_learn_only_through_reinforce():
   model = build_model(dict(name="rnn_seq2seq", vocab_size=12, attention="hard", score="general",
                            hidden_dim=16, src_embed_dim=8, tgt_embed_dim=8))
   batch = _batch(2)
-  tx, _ = optim.make_optimizer(OPTIM, 10)
-  mesh = partition.make_mesh((-1, 1))
-  state, _ = setup.create_state(model, tx, jax.random.key(0), batch, mesh)
-  grad = lambda: jax.grad(steps._loss, has_aux=True)(state.params, state, batch,
-                                                      jax.random.key(3), 0.0)[0]
+  task = tasks.Seq2SeqTask(model, None)
+  params = nn.meta.unbox(task.init(jax.random.key(0), batch)["params"])
+  loss = lambda p: task.loss(p, batch, jax.random.key(3), train=True)
+  grad = lambda: jax.grad(loss, has_aux=True)(params)[0]
   assert np.abs(grad()["align"]["w"]).max() > 0
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(steps.hard, "reinforce_surrogate", lambda log_prob, reward, baseline: 0.0 * log_prob)
+    patch.setattr(seq2seq.hard, "reinforce_surrogate", lambda log_prob, reward, baseline: 0.0 * log_prob)
     assert np.abs(grad()["align"]["w"]).max() == 0

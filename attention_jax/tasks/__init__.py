@@ -1,0 +1,46 @@
+"""Tasks: what a batch, a loss, a prediction and a score are, for each kind of problem.
+
+`build_task(config, dataset)` makes the task named by `config.task.name`
+(`seq2seq` or `lm`) around the model of `config.model`, sized to the data's
+vocabularies. See `tasks/base.py` for the interface the trainer uses.
+"""
+from __future__ import annotations
+
+from attention_jax.models.registry import build_model
+from attention_jax.tasks.base import Task, cross_entropy, token_mask
+from attention_jax.tasks.lm import LMTask
+from attention_jax.tasks.seq2seq import Seq2SeqTask
+
+TASKS = {"seq2seq": Seq2SeqTask, "lm": LMTask}
+MODELS = {"seq2seq": ("rnn_seq2seq", "transformer"), "lm": ("lm",)}
+
+
+def check(config) -> None:
+  """The task name and its model, or a ValueError naming the keys and the allowed values."""
+  name = config.task.name
+  if name not in TASKS:
+    raise ValueError(f"task.name={name!r} is unknown; known: {', '.join(TASKS)}")
+  if config.model.name not in MODELS[name]:
+    raise ValueError(f"model.name={config.model.name!r} does not fit task.name={name!r}; "
+                     f"it takes: {', '.join(MODELS[name])}")
+  if name == "lm" and config.task.get("seq_len", 0) < 1:
+    raise ValueError(f"task.seq_len must be positive for the lm task, got "
+                     f"{config.task.get('seq_len')}")
+
+
+def build_task(config, dataset, vocab_size: int | None = None) -> Task:
+  """The task of `config` on `dataset` (or, for config checks without data, on vocabularies
+  of `vocab_size` and no dataset)."""
+  check(config)
+  target = vocab_size or dataset.target_vocab.size
+  model_config = dict(config.model, vocab_size=target)
+  smoothing = config.task.get("label_smoothing", 0.0)
+  if config.task.name == "lm":
+    return LMTask(build_model(model_config), dataset, seq_len=config.task.seq_len,
+                  label_smoothing=smoothing)
+  model_config["src_vocab_size"] = vocab_size or dataset.input_vocab.size
+  return Seq2SeqTask(build_model(model_config), dataset, label_smoothing=smoothing)
+
+
+__all__ = ["LMTask", "Seq2SeqTask", "TASKS", "Task", "build_task", "check", "cross_entropy",
+           "token_mask"]

@@ -1,0 +1,31 @@
+"""The Task redesign changed no number: the default experiment's first 100 training losses
+equal, bit for bit, those the trainer gave before it (recorded at commit 613c3e6 by
+`golden/record_losses.py`)."""
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location("record_losses",
+                                               os.path.join(HERE, "golden", "record_losses.py"))
+record_losses = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(record_losses)
+
+
+def test_default_experiment_losses_are_bitwise_those_before_the_redesign(tmp_path):
+  with open(os.path.join(HERE, "golden", "g2p_attention_losses.json")) as f:
+    golden = json.load(f)
+  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=str(tmp_path / "data"), JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  # Evaluation reads no training randomness: a small one at the end keeps the test short.
+  extra = ["--config.evals.dev.examples=8", "--config.evals.dev.heatmaps=0"]
+  ours = record_losses.losses(str(tmp_path / "run"), golden["steps"], extra, env)
+  assert len(ours) == golden["steps"]
+  want, got = np.float32(golden["losses"]), np.float32(ours)
+  if (golden["jax"], golden["cpu"]) == (jax.__version__, record_losses.cpu_model()):
+    np.testing.assert_array_equal(got, want)
+  else:  # another XLA build or CPU may round differently; the losses must still agree closely
+    np.testing.assert_allclose(got, want, rtol=1e-5)
