@@ -183,6 +183,9 @@ class Run:
         self.step, self.data_state = self.step + 1, data_state
         window.entries.append(metrics)
         self._after_step(window)
+      # A SIGTERM can land mid-window: check its steps before saving them.
+      window.check(f"the last good checkpoint is step {self.ckpt.latest_step()} in "
+                   f"{self.workdir}/checkpoints")
       self.ckpt.save(self.step, self.state, self.data_state, force=True)
       self.ckpt.wait()
     finally:
