@@ -31,6 +31,7 @@ import grain
 import numpy as np
 
 from attention_jax.data.errors import DataError
+from attention_jax.data.pipeline import derive_seed, process_shard
 from attention_jax.data.vocab import EOS_ID, PAD_ID
 
 _CACHE_ATTR = "_lm_streams"  # split -> stream, on the dataset object
@@ -60,22 +61,6 @@ def _num_windows(length: int, seq_len: int) -> int:
   if seq_len < 1:
     raise ValueError(f"seq_len must be positive, got {seq_len}.")
   return -(-max(length - 1, 0) // seq_len)
-
-
-def _derive_seed(seed: int, purpose: int) -> int:
-  """A 32-bit seed for one use of the user seed (grain adds the epoch to shuffle seeds,
-  so seeds 0 and 1 must not be passed on as such). Same rule as pipeline.py."""
-  return int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0])
-
-
-def _process_shard(process_index, process_count) -> tuple[int, int]:
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"Bad shard {process_index} of {process_count}.")
-  return process_index, process_count
 
 
 class _Windows:
@@ -180,7 +165,7 @@ def make_lm_pipeline(dataset, split: str, *, batch_size: int, seq_len: int, seed
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}.")
   train = (split == "train") if train is None else train
-  shard, shards = _process_shard(process_index, process_count)
+  shard, shards = process_shard(process_index, process_count)
   stream = token_stream(dataset, split)
   windows = _Windows(stream, seq_len, _window_ids(_num_windows(len(stream), seq_len), indices))
   global_batch = batch_size * shards
@@ -189,7 +174,7 @@ def make_lm_pipeline(dataset, split: str, *, batch_size: int, seq_len: int, seed
     if len(windows) < global_batch:
       raise DataError(f"{dataset.name}/{split} has {len(windows)} windows of {seq_len} tokens, "
                       f"fewer than one global batch of {global_batch}.")
-    ds = ds.shuffle(seed=_derive_seed(seed, 0)).repeat(None)
+    ds = ds.shuffle(seed=derive_seed(seed, 0)).repeat(None)
     num_batches = len(ds) // global_batch
   else:
     num_batches = -(-len(windows) // global_batch)

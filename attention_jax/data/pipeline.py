@@ -66,7 +66,7 @@ def _bucket(length: int, buckets: Sequence[int]) -> int:
   return buckets[-1]
 
 
-def _derive_seed(seed: int, purpose: int) -> int:
+def derive_seed(seed: int, purpose: int) -> int:
   """A 32-bit seed for one use of the user seed (grain adds the epoch to shuffle seeds,
   so seeds 0 and 1 must not be passed on as such)."""
   return int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0])
@@ -221,7 +221,8 @@ def _sort_key(row):
   return (sys.maxsize, 0) if row is None else (len(row["inputs"]), len(row["targets"]))
 
 
-def _process_shard(process_index, process_count) -> tuple[int, int]:
+def process_shard(process_index, process_count) -> tuple[int, int]:
+  """(this process's index, the process count), each from jax when None."""
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
     process_index = jax.process_index() if process_index is None else process_index
@@ -273,7 +274,7 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
   max_out = max_target_length + 1
   input_buckets = tuple(input_buckets or default_buckets(max_in))
   target_buckets = tuple(target_buckets or default_buckets(max_out))
-  shard, shards = _process_shard(process_index, process_count)
+  shard, shards = process_shard(process_index, process_count)
 
   source = dataset.source(split)
   if indices is not None:
@@ -286,7 +287,7 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
     if len(ds) < global_batch:
       raise DataError(f"{dataset.name}/{split} has {len(ds)} records, fewer than one global "
                       f"batch of {global_batch}.")
-    ds = ds.shuffle(seed=_derive_seed(seed, 0)).repeat(num_epochs)
+    ds = ds.shuffle(seed=derive_seed(seed, 0)).repeat(num_epochs)
     num_batches = len(ds) // global_batch
   else:
     num_batches = -(-len(source) // global_batch)
@@ -294,7 +295,7 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
   batches = _PaddedBatches(ds, batch_size=global_batch, num_batches=num_batches,
                            input_buckets=input_buckets, target_buckets=target_buckets,
                            max_lengths=(max_in, max_out), sort_window=sort_window,
-                           seed=_derive_seed(seed, 1), strict=not train,
+                           seed=derive_seed(seed, 1), strict=not train,
                            keep=slice(shard * batch_size, (shard + 1) * batch_size))
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
   return batches.to_iter_dataset(options)
@@ -302,5 +303,5 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
 
 def steps_per_epoch(dataset, split: str, batch_size: int, process_count: int | None = None) -> int:
   """Full training batches per epoch (`batch_size` rows on each of the processes)."""
-  _, shards = _process_shard(0 if process_count else None, process_count)
+  _, shards = process_shard(0 if process_count else None, process_count)
   return dataset.splits[split] // (batch_size * shards)
