@@ -7,13 +7,24 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/g2p_attention
 SWEEP_ROOT ?= runs/g2p_small
 
-.PHONY: train test sweep report bench clean
+.PHONY: train test sweep report bench clean constraints
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions the suite last passed with.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# Newest versions within pyproject.toml's ranges, resolved in a scratch venv, written to
+# constraints.txt; then run `make test` (it reinstalls from the new pins) and commit both.
+constraints:
+	rm -rf .venv-refresh && $(PYTHON) -m venv .venv-refresh
+	.venv-refresh/bin/python -m pip install --quiet --upgrade pip
+	.venv-refresh/bin/python -m pip install --quiet -e '.[dev]'
+	{ head -n 2 constraints.txt; .venv-refresh/bin/python -m pip freeze --exclude-editable; } \
+	  > constraints.txt.new && mv constraints.txt.new constraints.txt
+	rm -rf .venv-refresh
 
 # The default experiment: an attention RNN on CMUdict G2P. Rerunning resumes (or reports).
 train: $(STAMP)
@@ -31,7 +42,7 @@ report: $(STAMP)
 
 # Speed against PyTorch (BENCHMARKS.md): adds the `bench` extra (torch CPU) to .venv once.
 bench: $(STAMP)
-	test -f $(VENV)/.installed-bench || { $(PY) -m pip install --quiet -e '.[dev,bench]' && touch $(VENV)/.installed-bench; }
+	test -f $(VENV)/.installed-bench || { $(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]' && touch $(VENV)/.installed-bench; }
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 test: $(STAMP)

@@ -9,6 +9,7 @@ config to a few steps of a tiny model (seconds on a CPU).
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import os
 from types import ModuleType
@@ -83,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
       select_eval="dev",  # the evaluator whose scores pick the best step
       select_by="",  # its metric that does ('' : wer, else bleu, else loss)
       early_stop_patience=0,  # stop after this many evals without a better select_by (0: never)
+      deterministic=False,  # XLA's deterministic GPU reductions (slower; CPU: already so)
   ))
   # Named evaluators; an experiment adds `test` (test_evaluator) to score the best step.
   c.evals = ml_collections.ConfigDict({"dev": evaluator(examples=1000)})
@@ -97,18 +99,24 @@ CONVERGED = {"evals.dev.examples": 0, "train.early_stop_patience": 10}
 
 
 def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
-  """'a=1,b=x' -> {'a': 1, 'b': 'x'} over `defaults`, typed like the defaults.
+  """'a=1,b=x' -> {'a': 1, 'b': 'x'} over `defaults`, typed like the defaults; a bare name
+  of a boolean argument means True ('smoke' is 'smoke=True', as in big_vision's configs).
 
   Raises a ValueError naming an unknown key or a malformed item.
   """
   values = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     key, sep, text = item.partition("=")
-    if not sep:
-      raise ValueError(f"config argument {item!r} is not key=value")
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; known: {', '.join(defaults)}")
+      close = difflib.get_close_matches(key, defaults, n=1)
+      hint = f"did you mean {close[0]!r}? " if close else ""
+      raise ValueError(f"unknown config argument {key!r}; {hint}known: {', '.join(defaults)}")
     default = defaults[key]
+    if not sep:
+      if not isinstance(default, bool):
+        raise ValueError(f"config argument {key!r} needs a value ({key}=...); a bare name is "
+                         "for boolean arguments only")
+      text = "True"
     if isinstance(default, bool):
       if text not in ("True", "False", "true", "false", "1", "0"):
         raise ValueError(f"config argument {key}={text!r} is not a bool")
@@ -139,11 +147,57 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def load(path: str) -> ModuleType:
-  """The experiment file at `path` as a module (its get_config, sweep, ...)."""
+  """The experiment file at `path` as a module (its get_config, sweep, ...); a ValueError of
+  one line (file and line) when it is missing or fails to import."""
   name = os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(f"experiments.{name}", path)
-  if spec is None or not os.path.exists(path):
+  if spec is None or not os.path.isfile(path):
     raise ValueError(f"no experiment file at {path!r}")
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ValueError(f"{e.filename}:{e.lineno}: syntax error: {e.msg}") from None
+  except Exception as e:  # pylint: disable=broad-except  # the file's own code failed
+    raise ValueError(f"{_where(e, path)}: {type(e).__name__}: {e}") from None
   return module
+
+
+def _where(error: BaseException, path: str) -> str:
+  """'path:line' of the deepest frame of `error`'s traceback inside `path` (else 'path')."""
+  line, tb = None, error.__traceback__
+  while tb is not None:
+    if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(path):
+      line = tb.tb_lineno
+    tb = tb.tb_next
+  return f"{path}:{line}" if line else path
+
+
+def config_from_spec(spec: str) -> ml_collections.ConfigDict:
+  """The config of `path[:arg]`, called as ml_collections' config flag calls it; every
+  mistake (file, import, argument) a ValueError of one line."""
+  path, *arg = spec.split(":", 1)
+  module = load(path)
+  if not callable(getattr(module, "get_config", None)):
+    raise ValueError(f"{path} defines no get_config(arg=None)")
+  try:
+    return module.get_config(*arg)
+  except ValueError as e:  # parse_arg's messages name the argument
+    raise ValueError(f"--config={spec}: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{_where(e, path)}: {type(e).__name__}: {e}") from None
+
+
+def check_override(config: ml_collections.ConfigDict, dotted: str) -> None:
+  """A ValueError naming `--config.<dotted>` unless it is a key of `config`, with the
+  closest known key ('did you mean') or the known ones."""
+  node, parts = config, dotted.split(".")
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise ValueError(f"--config.{dotted}: {'.'.join(parts[:i])} is a value, not a section")
+    if part not in node:
+      close = difflib.get_close_matches(part, list(node), n=1)
+      hint = (f"did you mean --config.{'.'.join([*parts[:i], close[0]])}?" if close
+              else f"known: {', '.join(node)}")
+      raise ValueError(f"--config.{dotted}: no such config key; {hint}")
+    node = node[part]

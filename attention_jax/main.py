@@ -13,8 +13,9 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
+from attention_jax import experiment
 from attention_jax.data import DataError
-from attention_jax.train import distributed, loop
+from attention_jax.train import distributed, loop, provenance
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "attention_jax", "jax")
 
@@ -25,6 +26,33 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, after our own checks of the experiment file and the override
+  names: each mistake is one line and exit code 2, never a traceback."""
+  try:
+    spec, overrides = _config_args(argv[1:])
+    if spec:
+      config = experiment.config_from_spec(spec)
+      for dotted in overrides:
+        experiment.check_override(config, dotted)
+    return flags.FLAGS(argv)
+  except (ValueError, flags.Error) as e:
+    print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _config_args(args: list[str]) -> tuple[str | None, list[str]]:
+  """(the --config value, the dotted names of the --config.<key> overrides) in `args`."""
+  spec, overrides = None, []
+  for i, arg in enumerate(args):
+    name, sep, value = arg.partition("=")
+    if name in ("--config", "-config"):
+      spec = value if sep else (args[i + 1] if i + 1 < len(args) else None)
+    elif name.startswith(("--config.", "-config.")):
+      overrides.append(name.split("config.", 1)[1])
+  return spec, overrides
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -32,22 +60,33 @@ def main(argv):
   if not jax.config.jax_compilation_cache_dir:  # $JAX_COMPILATION_CACHE_DIR wins
     # Reruns and sweep trials compile the same programs: keep them across processes.
     jax.config.update("jax_compilation_cache_dir", DEFAULT_CACHE_DIR)
+  config = _CONFIG.value
+  # Absolute before anything uses it: Orbax, the lock and result paths agree on one place.
+  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  if config.train.get("deterministic"):
+    provenance.set_deterministic()  # XLA reads its flags when the backend starts, just below
   distributed.initialize()
   try:
-    result = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    result = loop.train_and_evaluate(config, workdir)
   except (loop.ConfigError, DataError) as e:  # before anything was written
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except loop.NonFiniteError as e:
+  except loop.Interrupted as e:  # Ctrl-C in training: saved, as after SIGTERM
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_code)
+  except loop.RunError as e:  # after training began: the message says what is kept
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # Ctrl-C outside the training steps (data, compiling, evals)
+    print("interrupted; rerun the command to resume from the last checkpoint", file=sys.stderr)
+    sys.exit(130)
   if result and jax.process_index() == 0:
     final = result["final"]
     print("eval: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
-    print(f"results: {_WORKDIR.value}/result.json")
+    print(f"results: {workdir}/result.json")
     if result.get("heatmaps"):
       print(f"heatmaps: {result['heatmaps']}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -11,6 +11,9 @@ the best dev step on the test split), smoke.
 Sweeps (`python -m launch.sweep --config=experiments/g2p_attention.py --sweep=NAME`):
 `sweep`, every attention kind and score; `small`, the 2-core ablation of `make sweep`;
 `converged`, the best of `sweep` without stress, trained until dev WER stops improving.
+Search (`python -m launch.sweep --config=experiments/g2p_attention.py --search=optuna
+--trials=20 --root=runs/g2p_search`): `search_space`, Luong attention's learning rate,
+dropout, width and score.
 """
 from attention_jax import experiment
 
@@ -79,3 +82,13 @@ def converged(add):
   add(**common, **{"model.hidden_dim": 256, "model.src_embed_dim": 128,
                    "model.tgt_embed_dim": 128, "model.dropout_rate": 0.2})
   add(**common)
+
+
+def search_space(trial):
+  """Optuna's search (`--search=optuna`): learning rate (log-uniform), dropout, the RNN's
+  width (its embeddings half as wide, as in the defaults) and Luong attention's score."""
+  trial.suggest_float("optim.learning_rate", 3e-4, 1e-2, log=True)
+  trial.suggest_float("model.dropout_rate", 0.0, 0.4)
+  hidden = trial.suggest_categorical("model.hidden_dim", [64, 128, 256])
+  trial.suggest_categorical("score", ["dot", "general", "additive", "location"])
+  return {"model.src_embed_dim": hidden // 2, "model.tgt_embed_dim": hidden // 2}

@@ -1,8 +1,13 @@
 """`<root>/sweep.json`: which sweep a root holds, and each trial's status and files.
 
 Status: pending, running, done, failed (exit code and the last log lines
-kept), interrupted (stopped; a rerun resumes it from its checkpoints) and
-submitted (queued on SLURM). Written atomically after every change.
+kept), interrupted (stopped; a rerun resumes it from its checkpoints), busy
+(its workdir was held by another process; a rerun starts it once free),
+submitted (queued on SLURM) and, in a search, pruned (stopped early by the
+pruner; never resumed). `experiment` records the experiment file's sha256 and
+its published references when the sweep starts, so a report never imports the
+file; a search's root also records `search` ('optuna') and `study` (objective,
+direction, pruner, journal). Written atomically after every change.
 """
 from __future__ import annotations
 
@@ -27,6 +32,12 @@ def in_sweep_order(trials: dict[str, dict[str, Any]]) -> list[tuple[str, dict[st
   return sorted(trials.items(), key=lambda t: (t[1].get("index", 0), t[0]))
 
 
+def describe(config_spec: str, sweep: str, search: str | None) -> str:
+  """'sweep x.py --sweep=small' or 'search x.py --search=optuna': what a root holds."""
+  return f"search {config_spec} --search={search}" if search else (
+      f"sweep {config_spec} --sweep={sweep}")
+
+
 def now() -> str:
   return datetime.datetime.now().isoformat(timespec="seconds")
 
@@ -34,18 +45,20 @@ def now() -> str:
 class Manifest:
   """The manifest of the sweep `config_spec`:`sweep` under `root`, created or reopened."""
 
-  def __init__(self, root: str, config_spec: str, sweep: str):
+  def __init__(self, root: str, config_spec: str, sweep: str, search: str | None = None):
     self.path = os.path.join(root, FILENAME)
     self._lock = threading.Lock()
     if os.path.exists(self.path):
       with open(self.path) as f:
         self.data = json.load(f)
-      held = (self.data["config"], self.data["sweep"])
-      if held != (config_spec, sweep):
-        raise ValueError(f"{root} holds the sweep {held[0]} --sweep={held[1]} (see {self.path}); "
-                         f"use another --root for {config_spec} --sweep={sweep}")
+      held = (self.data["config"], self.data["sweep"], self.data.get("search"))
+      if held != (config_spec, sweep, search):
+        raise ValueError(f"{root} holds the {describe(*held)} (see {self.path}); "
+                         f"use another --root for {describe(config_spec, sweep, search)}")
     else:
       self.data = {"config": config_spec, "sweep": sweep, "created": now(), "trials": {}}
+      if search:
+        self.data["search"] = search
 
   @property
   def trials(self) -> dict[str, dict[str, Any]]:
@@ -55,9 +68,18 @@ class Manifest:
     """Set fields of trial `name` (created if new) and save."""
     with self._lock:
       self.trials.setdefault(name, {}).update(fields)
-      self.data["updated"] = now()
-      text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
-      paths.atomic_write_bytes(self.path, text.encode())
+      self._save()
+
+  def set(self, **fields) -> None:
+    """Set top-level fields (not trials) and save."""
+    with self._lock:
+      self.data.update(fields)
+      self._save()
+
+  def _save(self) -> None:
+    self.data["updated"] = now()
+    text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
+    paths.atomic_write_bytes(self.path, text.encode())
 
   def counts(self, names) -> dict[str, int]:
     """How many of `names` are done / running / failed / left (anything else)."""

@@ -12,7 +12,15 @@ Reads `<root>/sweep.json` and every finished trial's `result.json` and
   learning_curves.png       train loss and the eval metric against steps
 Rates (WER, PER, accuracies, error rates) are shown in percent. An experiment
 file may declare `REFERENCES`, a list of dicts (source, where, metric, value,
-note; values in the units shown here), printed beside our best value.
+note; values in the units shown here), printed beside our best value. The
+sweep records them in sweep.json when it starts: the report reads only data
+and never imports the experiment file (whoever can edit a results directory
+must not get code run by whoever makes its report).
+
+A search root (`launch.sweep --search=optuna`) gets one row per trial sorted by
+the objective, with its state (complete, pruned, failed), the best trial's
+command line, and Optuna's `optimization_history.png` and `param_importances.png`
+(launch/search_report.py; it reads the study's journal, data, not code).
 """
 from __future__ import annotations
 
@@ -25,13 +33,17 @@ import sys
 
 import numpy as np
 
-from attention_jax import experiment
 from attention_jax.data import paths
 from attention_jax.evaluate.metrics import HIGHER_IS_BETTER  # the trainer's best-step rule
-from launch import manifest as manifest_lib, trials as trials_lib
+from attention_jax.train import provenance
+from launch import manifest as manifest_lib
 
 PERCENT = ("wer", "per", "wer_no_stress", "per_no_stress", "accuracy", "sequence_accuracy",
            "token_error_rate")
+
+
+UNRECORDED = ("Published numbers: not recorded in sweep.json (a sweep from before they were); "
+              "rerun the sweep command to record them (finished trials are skipped).")
 
 
 def _load_json(path: str):
@@ -57,6 +69,22 @@ def collect(root: str, which: str = "final") -> tuple[dict, list[dict]]:
                  "metrics": result[which], "result": result,
                  "curve": os.path.join(root, name, "metrics.jsonl")})
   return manifest, rows
+
+
+def recorded_references(manifest: dict) -> list[dict] | None:
+  """The published numbers the sweep recorded (None for a sweep from before it did).
+
+  Recorded data only: importing the file named in sweep.json would run whatever it holds.
+  """
+  recorded = manifest.get("experiment")
+  if not isinstance(recorded, dict) or "references" not in recorded:
+    return None
+  references = recorded["references"]
+  if not isinstance(references, list) or not all(
+      isinstance(r, dict) and {"source", "metric", "value"} <= set(r) for r in references):
+    raise ValueError(f"sweep.json: experiment.references is not a list of records with "
+                     f"source, metric and value")
+  return references
 
 
 def varied_keys(rows: list[dict]) -> list[str]:
@@ -109,8 +137,25 @@ def best_index(groups: list[dict], metric: str) -> int | None:
   return min(scored, key=lambda s: sign * s[1])[0]
 
 
+def provenance_warnings(root: str, names: list[str]) -> list[str]:
+  """Where the finished runs `names` of one table disagree on library versions, platform,
+  device kind or data (their result.json's provenance)."""
+  records = {}
+  for name in names:
+    path = os.path.join(root, name, "result.json")
+    if os.path.exists(path):
+      records[name] = _load_json(path).get("provenance")
+  return provenance.mismatches(records)
+
+
+def warning_lines(warnings: list[str]) -> list[str]:
+  return ["", "Warning: these rows come from different setups.", "",
+          *(f"- {w}" for w in warnings)] if warnings else []
+
+
 def markdown(manifest: dict, groups: list[dict], keys: list[str], metrics: list[str],
-             metric: str, which: str, references: list[dict], failed: list[str]) -> str:
+             metric: str, which: str, references: list[dict] | None,
+             failed: list[str], warnings: list[str] = ()) -> str:
   unit = lambda m: f"{m} (%)" if m in PERCENT else m
   best = best_index(groups, metric)
   lines = [f"Sweep `{manifest['config']}` `--sweep={manifest['sweep']}`: {which} eval metrics, "
@@ -132,8 +177,11 @@ def markdown(manifest: dict, groups: list[dict], keys: list[str], metrics: list[
           groups, m) is not None else "n/a"
       lines.append(f"| {ref['source']} | {ref.get('where', '')} | {unit(m)} | {ref['value']} | "
                    f"{ours} | {ref.get('note', '')} |")
+  if references is None:
+    lines += ["", UNRECORDED]
   if failed:
     lines += ["", "Not finished: " + ", ".join(failed)]
+  lines += warning_lines(list(warnings))
   return "\n".join(lines) + "\n"
 
 
@@ -221,6 +269,10 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
 def report(root: str, metric: str | None = None, which: str = "final",
            out: str | None = None) -> dict:
   """Writes the report files; returns their paths and the markdown."""
+  path = os.path.join(root, manifest_lib.FILENAME)
+  if os.path.exists(path) and _load_json(path).get("search"):
+    from launch import search_report  # pylint: disable=g-import-not-at-top  # imports this module
+    return search_report.report(root, _load_json(path), metric, out)
   manifest, rows = collect(root, which)
   if not rows:
     raise ValueError(f"{root}: no finished trial with {which!r} scores yet (result.json)")
@@ -231,16 +283,13 @@ def report(root: str, metric: str | None = None, which: str = "final",
   metrics = [metric] + [m for m in metrics if m != metric]
   keys = varied_keys(rows)
   groups = group(rows, keys)
-  try:
-    module = experiment.load(trials_lib.split_spec(manifest["config"])[0])
-    references = list(getattr(module, "REFERENCES", []))
-  except (ValueError, OSError):
-    references = []  # the experiment file moved: report without references
+  references = recorded_references(manifest)
   failed = [f"{n} ({r.get('status')}, exit {r.get('exit_code')})"
             for n, r in sorted(manifest["trials"].items()) if r.get("status") != "done"]
   out = out or os.path.join(root, "report")
   os.makedirs(out, exist_ok=True)
-  text = markdown(manifest, groups, keys, metrics, metric, which, references, failed)
+  warnings = provenance_warnings(root, [r["name"] for r in rows])
+  text = markdown(manifest, groups, keys, metrics, metric, which, references, failed, warnings)
   paths.atomic_write_bytes(os.path.join(out, "results.md"), text.encode())
   best = best_index(groups, metric)
   header = keys + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["n", "best"]
@@ -252,7 +301,7 @@ def report(root: str, metric: str | None = None, which: str = "final",
       [r["name"], *(r["overrides"].get(k, "-") for k in keys), r["result"].get("seed"),
        *(r["metrics"].get(m, "") for m in metrics), r["result"]["step"]] for r in rows])
   figures = plots(out, groups, keys, metric, rows)
-  return {"markdown": text, "dir": out, "figures": figures}
+  return {"markdown": text, "dir": out, "figures": figures, "warnings": warnings}
 
 
 def main(argv=None) -> int:
@@ -269,8 +318,10 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  for warning in done.get("warnings", []):
+    print(f"warning: {warning}", file=sys.stderr)
   print(done["markdown"])
-  print(f"report: {done['dir']}/results.md, results.csv, trials.csv")
+  print(f"report: {done['dir']}/{done.get('files', 'results.md, results.csv, trials.csv')}")
   for path in done["figures"]:
     print(f"plot: {path}")
   return 0

@@ -2,14 +2,22 @@ r"""Run an experiment's sweep: every trial in its own directory, locally, on SLU
 
     python -m launch.sweep --config=experiments/g2p_attention.py:smoke=True --root=runs/sweep \
         [--sweep=sweep] [--backend=local|slurm|print] [--max-parallel=2] [--seeds=3]
+    python -m launch.sweep --config=experiments/g2p_attention.py --search=optuna --trials=20 \
+        --root=runs/search [--pruner=asha|hyperband|median|none] [--objective=wer]
+
+(`--search=optuna`: launch/search.py.)
 
 Trial directories are `<root>/<overrides>` (e.g. `attention=luong,score=dot,seed=1`),
 each the trial's trainer workdir with its output in `log.txt`; `<root>/sweep.json`
 records the trials, their status and results. Rerunning the same command skips
 finished trials (their files are never touched), resumes interrupted ones from
 their checkpoints and retries failed ones. A failing trial is recorded (exit
-code, last log lines) and the others go on. Exit code: 0 when every trial has
-finished, 1 when some failed, 2 for a bad sweep, 130 when interrupted.
+code, last log lines) and the others go on. The sweep holds `<root>/.lock` for
+its life: a second sweep on the root is refused. A trial whose trainer is still
+running (its workdir lock held, e.g. after the sweep was killed) is waited for,
+never started twice. Exit code: 0 when every trial has finished, 1 when some
+failed or could not start, 2 for a bad sweep or a root in use, 130 when
+interrupted.
 Then: `python -m launch.report --root=<root>`.
 """
 from __future__ import annotations
@@ -21,6 +29,7 @@ import shlex
 import sys
 import time
 
+from attention_jax.train import lock
 from launch import local, manifest as manifest_lib, slurm, trials as trials_lib
 
 TAIL_LINES = 20
@@ -32,8 +41,15 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--sweep", default="sweep", help="the sweep function in the experiment file")
   p.add_argument("--root", required=True, help="directory of the sweep's trials")
   p.add_argument("--backend", choices=("local", "slurm", "print"), default="local")
-  p.add_argument("--max-parallel", type=int, default=1, help="local: trials at once")
+  p.add_argument("--max-parallel", type=int, default=1,
+                 help="local: trials at once; a search on SLURM: jobs at once")
   p.add_argument("--seeds", type=int, default=0, help="repeat every trial with seeds 0..K-1")
+  g = p.add_argument_group("search (the experiment's search_space(trial); see launch/search.py)")
+  g.add_argument("--search", choices=("optuna",), help="search instead of the grid --sweep")
+  g.add_argument("--trials", type=int, help="trials in the study, in all runs together")
+  g.add_argument("--pruner", default="asha",
+                 help="asha (default), hyperband, median or none[:key=value,...]")
+  g.add_argument("--objective", help="metric to optimise (default: the runs' best_by)")
   g = p.add_argument_group("slurm (defaults from the experiment's SLURM dict)")
   g.add_argument("--partition")
   g.add_argument("--gpus", type=int, help="GPUs per node (one process each)")
@@ -45,12 +61,22 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _tail(path: str, lines: int = TAIL_LINES) -> list[str]:
+def log_tail(path: str, lines: int = TAIL_LINES) -> list[str]:
   try:
     with open(path, errors="replace") as f:
       return f.read().splitlines()[-lines:]
   except OSError:
     return []
+
+
+def read_result(path: str) -> dict | None:
+  """A finished run's result.json, or None (none yet, or not a complete result)."""
+  try:
+    with open(path) as f:
+      result = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return result if isinstance(result, dict) and "final" in result else None
 
 
 def _headline(result: dict) -> str:
@@ -62,12 +88,15 @@ def _headline(result: dict) -> str:
 class Sweep:
   """One invocation: the trials, their manifest and the progress lines."""
 
-  def __init__(self, args, trials):
+  def __init__(self, args, trials, described: dict):
     self.args, self.trials = args, trials
     self.root = os.path.abspath(args.root)
     self.cwd = os.getcwd()
     os.makedirs(self.root, exist_ok=True)
-    self.manifest = manifest_lib.Manifest(self.root, args.config, args.sweep)
+    self.manifest = manifest_lib.Manifest(self.root, args.config, args.sweep,
+                                          getattr(args, "search", None))
+    # What the report needs from the experiment file, so that it never imports it.
+    self.manifest.set(experiment=dict(described, recorded=manifest_lib.now()))
     self.started: dict[str, float] = {}
 
   def workdir(self, name: str) -> str:
@@ -89,12 +118,17 @@ class Sweep:
         self.manifest.update(trial.name, status="done", **fields)
         print(f"skip  {trial.name}: finished", flush=True)
       else:
-        status = record.get("status", "pending")
-        # 'running' left by a sweep that was killed outright: its trial is gone.
-        fields["status"] = "interrupted" if status == "running" else status
+        fields["status"] = self.status_left(record.get("status", "pending"), workdir)
         self.manifest.update(trial.name, **fields)
         todo.append(trial)
     return todo
+
+  def status_left(self, status: str, workdir: str) -> str:
+    """A rerun's view of a trial left `running` by a sweep killed outright: still running
+    when its trainer holds the workdir lock (it is waited for), else interrupted."""
+    if status != "running":
+      return status
+    return "running" if lock.held_by(workdir) else "interrupted"
 
   def count_line(self) -> str:
     c = self.manifest.counts(t.name for t in self.trials)
@@ -110,20 +144,34 @@ class Sweep:
     how = "resume" if resuming else "start"
     print(f"{how:5s} {name} (cores {','.join(map(str, cores))}) {self.count_line()}", flush=True)
 
+  def on_wait(self, name: str, holder: str) -> None:
+    self.manifest.update(name, status="running", waited_for=holder)
+    print(f"wait  {name}: its workdir is in use by {holder}; waiting for that trainer to end "
+          f"instead of starting a second one {self.count_line()}", flush=True)
+
+  def finished(self, name: str) -> bool:
+    return os.path.exists(self.result_path(name))
+
   def on_end(self, name: str, code: int, interrupted: bool) -> None:
     seconds = time.perf_counter() - self.started.pop(name, time.perf_counter())
     log = self.manifest.trials[name]["log"]
-    if code == 0 and os.path.exists(self.result_path(name)):
-      with open(self.result_path(name)) as f:
-        result = json.load(f)
-      self.manifest.update(name, status="done", exit_code=0, ended=manifest_lib.now())
+    # A complete result.json is a finished trial, whatever the exit code says.
+    result = read_result(self.result_path(name))
+    if result is not None:
+      self.manifest.update(name, status="done", exit_code=code, ended=manifest_lib.now())
       print(f"done  {name} in {seconds:.0f}s: {_headline(result)} {self.count_line()}", flush=True)
+    elif local.refused(code, log):  # another process held its workdir: not a failure to retry
+      self.manifest.update(name, status="busy", exit_code=code, ended=manifest_lib.now(),
+                           log_tail=log_tail(log))
+      last = next((line for line in reversed(log_tail(log)) if line.strip()), "")
+      print(f"busy  {name}: {last}; rerun the sweep once it has ended {self.count_line()}",
+            flush=True)
     elif interrupted or code == 0:  # the trainer saved on SIGTERM and exits 0 without a result
       self.manifest.update(name, status="interrupted", exit_code=code, ended=manifest_lib.now())
       print(f"stop  {name}: interrupted; rerun the sweep to resume it {self.count_line()}",
             flush=True)
     else:
-      tail = _tail(log)
+      tail = log_tail(log)
       self.manifest.update(name, status="failed", exit_code=code, ended=manifest_lib.now(),
                            log_tail=tail)
       last = next((line for line in reversed(tail) if line.strip()), "")
@@ -132,7 +180,8 @@ class Sweep:
 
   def run_local(self, todo) -> bool:
     jobs = [local.Job(t.name, self.manifest.trials[t.name]["command"],
-                      self.manifest.trials[t.name]["log"], self.on_start, self.on_end)
+                      self.manifest.trials[t.name]["log"], self.on_start, self.on_end,
+                      workdir=self.workdir(t.name), on_wait=self.on_wait, finished=self.finished)
             for t in todo]
     for t in todo:
       os.makedirs(self.workdir(t.name), exist_ok=True)
@@ -182,27 +231,21 @@ def prepare_data(todo) -> None:
       print(f"data: {wanted[key].name}: {e}", flush=True)
 
 
-def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    trials = trials_lib.expand(args.config, args.sweep, args.seeds)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if args.max_parallel < 1:
-    print(f"error: --max-parallel must be at least 1, got {args.max_parallel}", file=sys.stderr)
-    return 2
+def print_commands(args, trials) -> None:
+  """--backend=print: the shell lines the local backend would run."""
   root = os.path.abspath(args.root)
-  if args.backend == "print":
-    groups = local.core_groups(args.max_parallel, local.available_cores())
-    for i, t in enumerate(trials):
-      workdir = os.path.join(root, t.name)
-      line = local.shell_line(t.command(args.config, workdir), groups[i % len(groups)])
-      quoted = shlex.quote(workdir)
-      print(f"mkdir -p {quoted} && {line} >> {quoted}/log.txt 2>&1")
-    return 0
+  groups = local.core_groups(args.max_parallel, local.available_cores())
+  for i, t in enumerate(trials):
+    workdir = os.path.join(root, t.name)
+    line = local.shell_line(t.command(args.config, workdir), groups[i % len(groups)])
+    quoted = shlex.quote(workdir)
+    print(f"mkdir -p {quoted} && {line} >> {quoted}/log.txt 2>&1")
+
+
+def run(args, trials, described: dict) -> int:
+  """Registers, runs (local) or submits (slurm) the trials; the exit code."""
   try:
-    sweep = Sweep(args, trials)
+    sweep = Sweep(args, trials, described)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -215,15 +258,52 @@ def main(argv=None) -> int:
   if todo and args.backend == "local":
     completed = sweep.run_local(todo)
   elif todo:
-    defaults = getattr(trials_lib.experiment.load(trials_lib.split_spec(args.config)[0]),
-                       "SLURM", {})
-    sweep.run_slurm(todo, defaults)
+    sweep.run_slurm(todo, described["slurm"])
   print(f"sweep {sweep.count_line()}: {sweep.manifest.path}", flush=True)
   print(f"report: python -m launch.report --root={args.root}", flush=True)
   if not completed:
     return 130
-  statuses = [sweep.manifest.trials[t.name]["status"] for t in trials]
-  return 1 if "failed" in statuses else 0
+  statuses = {sweep.manifest.trials[t.name]["status"] for t in trials}
+  return 1 if statuses & {"failed", "busy"} else 0
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  if args.search:
+    return _search(args)
+  try:
+    trials = trials_lib.expand(args.config, args.sweep, args.seeds)
+    described = trials_lib.describe(trials_lib.split_spec(args.config)[0])
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if args.max_parallel < 1:
+    print(f"error: --max-parallel must be at least 1, got {args.max_parallel}", file=sys.stderr)
+    return 2
+  if args.backend == "print":
+    print_commands(args, trials)
+    return 0
+  try:
+    # For the sweep's whole life (a slurm one: while it submits and records): one per root.
+    with lock.hold(os.path.abspath(args.root), what="sweep root"):
+      return run(args, trials, described)
+  except lock.LockError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def _search(args) -> int:
+  """--search=optuna: launch/search.py, under the same root lock as a grid."""
+  from launch import search  # pylint: disable=g-import-not-at-top  # it imports this module
+  if args.max_parallel < 1:
+    print(f"error: --max-parallel must be at least 1, got {args.max_parallel}", file=sys.stderr)
+    return 2
+  try:
+    with lock.hold(os.path.abspath(args.root), what="sweep root"):
+      return search.run(args)
+  except lock.LockError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def trial_name(overrides: dict[str, Any]) -> str:
   return safe[:_MAX_NAME - 9] + "-" + digest[:8]
 
 
-def _build(module, config_spec: str, trial: Trial) -> Any:
+def build_config(module, config_spec: str, trial: Trial) -> Any:
   """The trial's config, so unknown arguments or keys fail before anything runs."""
   _, arg = trial.config_arg(config_spec)
   try:
@@ -126,8 +126,22 @@ def expand(config_spec: str, sweep: str = "sweep", seeds: int = 0) -> list[Trial
       raise ValueError(f"{path}:{sweep} adds trial {trial.name} twice "
                        f"({names[trial.name]} and {overrides})")
     names[trial.name] = overrides
-    trials.append(dataclasses.replace(trial, config=_build(module, config_spec, trial)))
+    trials.append(dataclasses.replace(trial, config=build_config(module, config_spec, trial)))
   return trials
+
+
+def describe(path: str) -> dict[str, Any]:
+  """What the sweep records of its experiment file: its sha256, published `REFERENCES` and
+  `SLURM` defaults, as JSON data (the report reads these and never imports the file)."""
+  try:
+    with open(path, "rb") as f:
+      digest = hashlib.sha256(f.read()).hexdigest()
+  except OSError as e:
+    raise ValueError(f"no experiment file at {path!r}: {e.strerror}") from None
+  module = experiment.load(path)
+  data = {"references": list(getattr(module, "REFERENCES", [])),
+          "slurm": dict(getattr(module, "SLURM", {}))}
+  return {"file": path, "sha256": digest, **json.loads(json.dumps(data, default=str))}
 
 
 def trial_dir(root: str, trial: Trial) -> str:

@@ -9,7 +9,7 @@ The trainer's entry points:
 
 `DATASETS` lists the names; an unknown one raises `DataError` listing them.
 """
-from attention_jax.data.errors import DataError, DataFormatError, MissingDataError
+from attention_jax.data.errors import DamagedDataError, DataError, DataFormatError, MissingDataError
 from attention_jax.data.paths import DATA_DIR_ENV, resolve_data_dir
 from attention_jax.data.pipeline import default_buckets, make_pipeline, steps_per_epoch
 from attention_jax.data.lm_pipeline import make_lm_pipeline, num_windows, stream_length

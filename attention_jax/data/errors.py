@@ -1,6 +1,12 @@
 """Errors raised by the data package: each names what is wrong and how to fix it."""
 
 
+def first_line(error: BaseException) -> str:
+  """`error` as one short line (the CLI prints one line; C++ readers' messages span several)."""
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 class DataError(Exception):
   """Base class for data set problems (unknown names, missing inputs, bad files)."""
 
@@ -16,3 +22,10 @@ class DataFormatError(DataError, ValueError):
     self.path = str(path)
     self.line_number = line_number
     super().__init__(f"{self.path}:{line_number}: {message}")
+
+
+class DamagedDataError(DataError):
+  """A prepared data set's file is missing, empty, truncated or unreadable.
+
+  The message names the file and the command that rebuilds the data set.
+  """

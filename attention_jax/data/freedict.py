@@ -21,10 +21,11 @@ import gzip
 import os
 import re
 import xml.etree.ElementTree as ET
+import zlib
 
 import tensorflow_datasets as tfds
 
-from attention_jax.data.errors import DataFormatError, MissingDataError
+from attention_jax.data.errors import DataFormatError, MissingDataError, first_line
 from attention_jax.data.splits import split_keys
 from attention_jax.data.text_builder import (TextToTextBuilder, file_sha256, manual_dir_or_none,
                                              rows_by_split)
@@ -34,6 +35,8 @@ DEV_FRACTION = 0.05
 TEST_FRACTION = 0.05
 DEFAULT_DIR = "/usr/share/dictd"
 FILE_PATTERNS = (".tei", ".dict.dz", ".dict")  # searched in this order
+REPAIR_HINT = ("reinstall it (`apt-get install --reinstall dict-freedict-deu-eng`) or pass a "
+               "directory with an intact file as manual_dir")
 INSTALL_HINT = (
     "Install the FreeDict German-English dictionary with `apt-get install "
     "dict-freedict-deu-eng` (it puts freedict-deu-eng.dict.dz in /usr/share/dictd), "
@@ -50,17 +53,22 @@ def _clean(text: str | None) -> str:
 def parse_dictd(path: str | os.PathLike) -> list[tuple[str, str]]:
   """(German, English) example pairs of a dictd `.dict` / `.dict.dz` file, in file order."""
   opener = gzip.open if os.fspath(path).endswith(".dz") else open
-  pairs = []
-  with opener(path, "rt", encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not _EXAMPLE_LINE.match(line):
-        continue
-      match = _EXAMPLE.match(line.rstrip("\n"))
-      if not match:
-        raise DataFormatError(path, number, f'expected `      "German"  - English`, got {line.strip()!r}')
-      de, en = _clean(match["de"]), _clean(match["en"])
-      if de and en:
-        pairs.append((de, en))
+  pairs, number = [], 0
+  try:
+    with opener(path, "rt", encoding="utf-8") as f:
+      for number, line in enumerate(f, start=1):
+        if not _EXAMPLE_LINE.match(line):
+          continue
+        match = _EXAMPLE.match(line.rstrip("\n"))
+        if not match:
+          raise DataFormatError(path, number,
+                                f'expected `      "German"  - English`, got {line.strip()!r}')
+        de, en = _clean(match["de"]), _clean(match["en"])
+        if de and en:
+          pairs.append((de, en))
+  except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:  # not gzip, cut short, not UTF-8
+    raise DataFormatError(path, number + 1,
+                          f"unreadable ({first_line(e)}); {REPAIR_HINT}") from None
   return pairs
 
 
@@ -84,7 +92,7 @@ def parse_tei(path: str | os.PathLike) -> list[tuple[str, str]]:
       elif _local(elem.tag) == "entry":
         elem.clear()  # keep memory flat on the 500k-entry file
   except ET.ParseError as e:
-    raise DataFormatError(path, e.position[0], f"malformed XML: {e}") from None
+    raise DataFormatError(path, e.position[0], f"malformed XML: {e}; {REPAIR_HINT}") from None
   return pairs
 
 

@@ -4,9 +4,13 @@
   python -m attention_jax.data.prepare cmudict_g2p/no_stress algorithmic
   python -m attention_jax.data.prepare freedict_deu_eng --manual_dir /usr/share/dictd
   python -m attention_jax.data.prepare all                    # everything buildable here
+  python -m attention_jax.data.prepare algorithmic/copy --force   # delete and build again
 
-A name without a config builds every config. The data dir is --data_dir, else
-$ATTENTION_JAX_DATA_DIR, else $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+A name without a config builds every config. `--force` deletes a prepared data
+set first: the fix for a damaged one (the error that found it says so). The
+data dir is --data_dir, else $ATTENTION_JAX_DATA_DIR, else $TFDS_DATA_DIR,
+else ~/tensorflow_datasets. Two processes preparing the same data set take
+turns (a file lock); a killed build's `incomplete.*` dir is removed by the next.
 Prints one line per data set with its split sizes and the seconds it took.
 """
 import argparse
@@ -40,10 +44,14 @@ def main(argv=None) -> int:
   parser.add_argument("--data_dir", default=None, help="root of prepared data sets")
   parser.add_argument("--manual_dir", default=None,
                       help="directory with raw files (FreeDict, fortunes)")
+  parser.add_argument("--force", action="store_true",
+                      help="delete the prepared data set and build it again")
   args = parser.parse_args(argv)
   try:
     for name in expand(args.names):
       start = time.perf_counter()
+      if args.force:
+        registry.prepare(name, data_dir=args.data_dir, manual_dir=args.manual_dir, force=True)
       dataset = registry.get_dataset(name, data_dir=args.data_dir, manual_dir=args.manual_dir)
       sizes = ", ".join(f"{k} {v:,}" for k, v in dataset.splits.items())
       print(f"{name}: {sizes} records in {dataset.builder.data_dir} "

@@ -14,14 +14,15 @@ an input and a target vocabulary, and split names train / dev / test.
 """
 import dataclasses
 import os
+import shutil
 from typing import Any, Sequence
 
 import tensorflow_datasets as tfds
 
-from attention_jax.data import paths
+from attention_jax.data import integrity, paths
 from attention_jax.data.algorithmic import Algorithmic
 from attention_jax.data.cmudict_g2p import CmudictG2p
-from attention_jax.data.errors import DataError, MissingDataError
+from attention_jax.data.errors import DamagedDataError, DataError, MissingDataError, first_line
 from attention_jax.data.fortunes import Fortunes, find_fortune_files
 from attention_jax.data.freedict import FreedictDeuEng, find_source_file
 from attention_jax.data.text_builder import INPUT_VOCAB_FILE, TARGET_VOCAB_FILE
@@ -91,12 +92,10 @@ def parse_name(name: str) -> tuple[str, str]:
 def make_builder(name: str, data_dir: str | None = None, config=None) -> tfds.core.DatasetBuilder:
   """The TFDS builder for `name` ('base' or 'base/config').
 
-  `config` may be a BuilderConfig object (then `name` is just the base name).
+  `config` may be a config name or a BuilderConfig object (then `name` is just the base name).
   """
-  if config is None:
-    base, config_name = parse_name(name)
-  else:
-    base, config_name = parse_name(name.partition("/")[0])[0], None
+  base, config = _resolve(name, config)
+  config_name = config if isinstance(config, str) else None
   spec = DATASETS[base]
   data_dir = paths.resolve_data_dir(data_dir)
   if spec.builder_cls is None:
@@ -105,8 +104,33 @@ def make_builder(name: str, data_dir: str | None = None, config=None) -> tfds.co
       return tfds.builder(full, data_dir=data_dir)
     except Exception as e:  # TFDS raises several kinds when neither code nor data is there
       raise MissingDataError(f"{full} is not prepared in {data_dir}. {spec.how_to_prepare}") from e
-  return spec.builder_cls(config=config or config_name or None, data_dir=data_dir,
-                          file_format="array_record")
+  version_dir = _version_dir(spec, config, data_dir)
+  hint = integrity.rebuild_hint(_full_name(base, config), data_dir)
+  integrity.check_info_files(version_dir, hint)
+  try:
+    return spec.builder_cls(config=config or None, data_dir=data_dir,
+                            file_format="array_record")
+  except Exception as e:  # pylint: disable=broad-except
+    if not os.path.isdir(version_dir):
+      raise  # nothing on disk to blame: a bug, not a damaged data set
+    raise DamagedDataError(f"Cannot open the prepared data in {version_dir} "
+                           f"({first_line(e)}); {hint}") from None
+
+
+def _full_name(base: str, config) -> str:
+  """'algorithmic/copy' for a config name or object; 'fortunes' for none."""
+  config_name = getattr(config, "name", config)
+  return f"{base}/{config_name}" if config_name else base
+
+
+def _version_dir(spec: Spec, config, root: str) -> str:
+  """`<root>/<name>/<config>/<version>` of one of our builders, without opening it
+  (opening reads dataset_info.json, which may be the damaged file)."""
+  cls = spec.builder_cls
+  if isinstance(config, str):
+    config = cls.builder_configs.get(config) if config else None
+  version = (getattr(config, "version", None) if config is not None else None) or cls.VERSION
+  return os.path.join(root, spec.tfds_name, config.name if config is not None else "", str(version))
 
 
 def is_prepared(builder) -> bool:
@@ -114,22 +138,61 @@ def is_prepared(builder) -> bool:
 
 
 def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None,
-            config=None) -> tfds.core.DatasetBuilder:
-  """Builds the data set if it is not built yet (offline); returns its builder."""
-  builder = make_builder(name, data_dir, config)
-  if is_prepared(builder):
-    return builder
-  spec = DATASETS[parse_name(name.partition("/")[0])[0]]
+            config=None, force: bool = False) -> tfds.core.DatasetBuilder:
+  """Builds the data set if it is not built yet (offline), or again if `force`; returns its builder.
+
+  Builds hold `integrity.build_lock`, so a second process waits and then reads
+  the first one's data set; the holder deletes what killed builds left behind.
+  """
+  base, config = _resolve(name, config)
+  spec = DATASETS[base]
+  root = paths.resolve_data_dir(data_dir)
   if spec.builder_cls is None:
+    builder = make_builder(name, data_dir, config)
+    if is_prepared(builder):
+      return builder
     # TFDS has code for some of these (tiny_shakespeare) but it needs network and TensorFlow.
     raise MissingDataError(f"{builder.name} is not prepared in {builder.data_dir}. "
                            f"{spec.how_to_prepare}")
-  check = _SOURCE_CHECKS.get(builder.__class__)
+  version_dir = _version_dir(spec, config, root)
+  if not force and os.path.exists(os.path.join(version_dir, "dataset_info.json")):
+    return make_builder(base, root, config)
+  check = _SOURCE_CHECKS.get(spec.builder_cls)
   if check is not None:
     check(manual_dir, search_default=manual_dir is None)  # fail early, clearly
-  builder.download_and_prepare(
-      file_format="array_record",
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  integrity.ensure_writable(root, _full_name(base, config))
+  with integrity.build_lock(version_dir):
+    if force and os.path.lexists(version_dir):
+      shutil.rmtree(version_dir)
+    return _build(base, root, manual_dir, config)
+
+
+def _resolve(name: str, config) -> tuple[str, Any]:
+  """(base name, config name ("" for none) or the BuilderConfig object `config`)."""
+  if config is None:
+    return parse_name(name)
+  base = parse_name(name.partition("/")[0])[0]
+  return (parse_name(f"{base}/{config}") if isinstance(config, str) else (base, config))
+
+
+def _build(base: str, root: str, manual_dir: str | None, config) -> tfds.core.DatasetBuilder:
+  """Builds one of our data sets; the caller holds its build lock."""
+  builder = make_builder(base, root, config)
+  if is_prepared(builder):
+    return builder  # another process built it while this one waited for the lock
+  full = _full_name(base, config)
+  if os.path.lexists(builder.data_dir):  # builds rename complete dirs: this one is damaged
+    raise DamagedDataError(f"{builder.data_dir} has no dataset_info.json; "
+                           f"{integrity.rebuild_hint(full, root)}")
+  try:
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except DataError:
+    raise
+  except OSError as e:  # disk full, permissions: TFDS deleted the partial build
+    raise DataError(f"Building {full} in {root} failed ({first_line(e)}); "
+                    "nothing was kept: fix that and rerun.") from None
   return builder
 
 
@@ -149,6 +212,7 @@ class Dataset:
     self.target_vocab = target_vocab
     self._splits = dict(spec.split_names)
     self._texts_cache: dict[str, list] = {}
+    self.fix = _fix(spec, name, builder)  # how to rebuild it, for error messages
 
   @property
   def splits(self) -> dict[str, int]:
@@ -163,8 +227,11 @@ class Dataset:
   def source(self, split: str) -> "RecordSource":
     if split not in self._splits:
       raise DataError(f"Unknown split {split!r} of {self.name}; known: {', '.join(self._splits)}.")
-    tfds_source = self.builder.as_data_source(split=self._splits[split])
-    return RecordSource(tfds_source, self.spec.fields)
+    theirs = self._splits[split]
+    tfds_source = self.builder.as_data_source(split=theirs)
+    info = self.builder.info.splits[theirs]
+    shards = [(os.fspath(p), n) for p, n in zip(info.filepaths, info.shard_lengths)]
+    return RecordSource(tfds_source, self.spec.fields, shards, self.fix)
 
   def tokenize(self, record: dict) -> tuple[list[int], list[int]]:
     return self.input_vocab.encode(record["inputs"]), self.target_vocab.encode(record["targets"])
@@ -201,9 +268,12 @@ class RecordSource:
   source reads many records at once about 50 times faster than one by one.
   """
 
-  def __init__(self, tfds_source, fields: tuple[str, str]):
+  def __init__(self, tfds_source, fields: tuple[str, str],
+               shards: Sequence[tuple[str, int]] = (), fix: str = ""):
     self._source = tfds_source
     self._fields = fields
+    self._shards = list(shards)  # (path, records) of the split's files, in record order
+    self._fix = fix
 
   def __len__(self) -> int:
     return len(self._source)
@@ -215,10 +285,29 @@ class RecordSource:
     return {"inputs": record[src].decode("utf-8"), "targets": targets, "references": refs}
 
   def __getitem__(self, index: int) -> dict:
-    return self._convert(self._source[index])
+    return self.getitems([index])[0]
 
   def getitems(self, indices: Sequence[int]) -> list[dict]:
-    return [self._convert(r) for r in self._source.__getitems__(list(indices))]
+    indices = list(indices)
+    try:
+      records = self._source.__getitems__(indices)
+    except (RuntimeError, OSError) as e:  # array_record's error names no file
+      raise DamagedDataError(f"{self._damaged_shard(indices)} is damaged ({first_line(e)}); "
+                             f"{self._fix}") from None
+    return [self._convert(r) for r in records]
+
+  def _damaged_shard(self, indices: list[int]) -> str:
+    """The shard whose records in `indices` fail to read, found by reading shard by shard."""
+    start = 0
+    for path, count in self._shards:
+      mine = [i for i in indices if start <= i < start + count]
+      start += count
+      try:
+        if mine:
+          self._source.__getitems__(mine)
+      except (RuntimeError, OSError):
+        return path
+    return " or ".join(path for path, _ in self._shards) or "a shard"
 
   _getitems = getitems  # the name grain looks for
 
@@ -251,19 +340,19 @@ def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | Non
     name = f"{base}/{config.name}"
   elif spec.configs != ("",):
     name = f"{base}/{parse_name(name)[1]}"
+  integrity.check_root(paths.resolve_data_dir(data_dir))
   builder = make_builder(name if config is None else base, data_dir, config)
   if not is_prepared(builder):
     if not prepare_if_missing:
       raise MissingDataError(f"{name} is not prepared in {builder.data_dir}; run "
                              f"`python -m attention_jax.data.prepare {name}`.")
     builder = prepare(name if config is None else base, data_dir, manual_dir, config)
+  integrity.check_shards(builder, _fix(spec, name, builder))
+  if spec.builder_cls is not None:
+    integrity.clean_stale(os.fspath(builder.data_dir))
   tokenizer = tokenizer or spec.tokenizer
   if tokenizer == "vocab":
-    if not (builder.data_path / INPUT_VOCAB_FILE).exists():
-      raise DataError(f"{name} has no character/symbol vocabulary; use tokenizer='chars' or "
-                      "'sentencepiece'.")
-    in_vocab = SymbolVocabulary.load(builder.data_path / INPUT_VOCAB_FILE)
-    out_vocab = SymbolVocabulary.load(builder.data_path / TARGET_VOCAB_FILE)
+    in_vocab, out_vocab = _vocab_files(builder, spec, name)
   elif tokenizer == "sentencepiece":
     size = vocab_size or spec.vocab_size
     dataset = Dataset(name, builder, spec, None, None)
@@ -277,6 +366,25 @@ def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | Non
   return Dataset(name, builder, spec, in_vocab, out_vocab)
 
 
+def _fix(spec: Spec, name: str, builder) -> str:
+  """How to rebuild a prepared data set (ours: `prepare --force`)."""
+  if spec.builder_cls is None:
+    return spec.how_to_prepare
+  return integrity.rebuild_hint(name, os.fspath(builder.data_dir_root))
+
+
+def _vocab_files(builder, spec: Spec, name: str) -> tuple[SymbolVocabulary, SymbolVocabulary]:
+  """The vocabularies built with the data (our builders always write both)."""
+  files = [builder.data_path / INPUT_VOCAB_FILE, builder.data_path / TARGET_VOCAB_FILE]
+  if spec.builder_cls is None and not files[0].exists():
+    raise DataError(f"{name} has no character/symbol vocabulary; use tokenizer='chars' or "
+                    "'sentencepiece'.")
+  try:
+    return SymbolVocabulary.load(files[0]), SymbolVocabulary.load(files[1])
+  except DataError as e:
+    raise DamagedDataError(f"{e}; {_fix(spec, name, builder)}") from None
+
+
 def from_config(data_config) -> Dataset:
   """`get_dataset` with the arguments of an experiment config's `data` block."""
   return get_dataset(data_config.name, data_dir=data_config.data_dir,
@@ -288,12 +396,12 @@ def _sentencepiece(dataset: Dataset, side: str, size: int) -> SentencePieceVocab
   """Loads the side's SentencePiece model beside the data, training it on train first if absent."""
   path = os.path.join(os.fspath(dataset.builder.data_path), f"spm_{side}_{size}.model")
   if os.path.exists(path):
-    return SentencePieceVocabulary.load(path)
+    return _load_cached(SentencePieceVocabulary.load, path)
   src = dataset.source("train")
   n = min(len(src), SPM_MAX_SENTENCES)
   texts = [r[side] for i in range(0, n, 4096) for r in src.getitems(range(i, min(i + 4096, n)))]
   vocab = SentencePieceVocabulary.train(texts, size)
-  vocab.save(path)
+  _save_cached(vocab, path)
   return vocab
 
 
@@ -301,7 +409,24 @@ def _chars(dataset: Dataset, side: str) -> SymbolVocabulary:
   """Loads the side's character vocabulary beside the data, building it from train if absent."""
   path = os.path.join(os.fspath(dataset.builder.data_path), f"chars_{side}.json")
   if os.path.exists(path):
-    return SymbolVocabulary.load(path)
+    return _load_cached(SymbolVocabulary.load, path)
   vocab = SymbolVocabulary.build((r[side] for r in dataset.texts("train")), "chars")
-  vocab.save(path)  # atomic: concurrent first uses write the same file
+  _save_cached(vocab, path)  # atomic: concurrent first uses write the same file
   return vocab
+
+
+def _load_cached(load, path: str):
+  """A vocabulary built on first use; a damaged one can simply be built again."""
+  try:
+    return load(path)
+  except DataError as e:
+    raise DamagedDataError(f"{e}; delete it: the next run builds it again from the train "
+                           "split.") from None
+
+
+def _save_cached(vocab, path: str) -> None:
+  try:
+    vocab.save(path)
+  except OSError as e:
+    raise DataError(f"Cannot write the vocabulary {path} ({first_line(e)}); make the data "
+                    "dir writable.") from None

@@ -14,7 +14,7 @@ import os
 from typing import Iterable, Sequence
 
 from attention_jax.data import paths
-from attention_jax.data.errors import DataError, MissingDataError
+from attention_jax.data.errors import DataError, MissingDataError, first_line
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -80,10 +80,13 @@ class SymbolVocabulary:
   @classmethod
   def load(cls, path: str | os.PathLike) -> "SymbolVocabulary":
     if not os.path.exists(path):
-      raise MissingDataError(f"Vocabulary file {path} does not exist; prepare the data set again.")
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-    return cls(data["symbols"], data["mode"])
+      raise MissingDataError(f"Vocabulary file {path} does not exist")
+    try:
+      with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+      return cls(data["symbols"], data["mode"])
+    except (OSError, ValueError, KeyError, TypeError, DataError) as e:
+      raise DataError(f"Vocabulary file {path} is damaged ({first_line(e)})") from None
 
 
 class SentencePieceVocabulary:
@@ -127,6 +130,9 @@ class SentencePieceVocabulary:
   @classmethod
   def load(cls, path: str | os.PathLike) -> "SentencePieceVocabulary":
     if not os.path.exists(path):
-      raise MissingDataError(f"SentencePiece model {path} does not exist.")
-    with open(path, "rb") as f:
-      return cls(f.read())
+      raise MissingDataError(f"SentencePiece model {path} does not exist")
+    try:
+      with open(path, "rb") as f:
+        return cls(f.read())
+    except (OSError, RuntimeError) as e:  # SentencePiece raises RuntimeError for a bad model
+      raise DataError(f"SentencePiece model {path} is damaged ({first_line(e)})") from None

@@ -39,14 +39,16 @@ def reinforce_loss(log_prob: Array, nll: Array, mask: Array, rows: Array, tokens
 @functools.partial(jax.jit, static_argnames=("model", "method", "beam_size", "alpha", "max_len"))
 def _decode(params, inputs: Array, input_lengths: Array, *, model, method: str, beam_size: int,
             alpha: float, max_len: int) -> Array:
-  """Token ids `[batch, max_len]` decoded greedily or by beam search (best beam)."""
+  """Token ids `[batch, max_len]` decoded greedily or by beam search (best beam), or with
+  method 'beams' every beam `[batch, beam_size, max_len]`, best first (n-best lists)."""
   variables = {"params": params}
   encoded = model.apply(variables, inputs, input_lengths, method=model.encode)
   state = model.apply(variables, encoded, input_lengths, method=model.init_decode_state)
   step = lambda s, t: model.apply(variables, s, t, method=model.decode_step)
-  if method == "beam":
-    return decode.beam_search(step, state, inputs.shape[0], beam_size=beam_size, bos_id=BOS_ID,
-                              eos_id=EOS_ID, max_len=max_len, alpha=alpha)[0][:, 0]
+  if method in ("beam", "beams"):
+    beams = decode.beam_search(step, state, inputs.shape[0], beam_size=beam_size, bos_id=BOS_ID,
+                               eos_id=EOS_ID, max_len=max_len, alpha=alpha)[0]
+    return beams if method == "beams" else beams[:, 0]
   return decode.greedy(step, state, inputs.shape[0], bos_id=BOS_ID, eos_id=EOS_ID,
                        max_len=max_len)
 
@@ -126,10 +128,12 @@ class Seq2SeqTask(base.Task):
     return min(budget, self.decode_limit() or budget)
 
   def predict(self, params, batch, *, method: str = "greedy", max_len: int, beam_size: int = 4,
-              alpha: float = 0.6, rng=None, **_) -> Array:
-    """Decoded ids `[B, max_len]` (EOS, then pads)."""
+              alpha: float = 0.6, all_beams: bool = False, rng=None, **_) -> Array:
+    """Decoded ids `[B, max_len]` (EOS, then pads); with beam search and `all_beams`, every
+    beam `[B, beam_size, max_len]`, best first."""
     del rng
     self.check_decode_len(max_len, "the decode length")
+    method = "beams" if method == "beam" and all_beams else method
     return _decode(params, batch["inputs"], batch["input_lengths"], model=self.model,
                    method=method, beam_size=beam_size, alpha=alpha, max_len=max_len)
 

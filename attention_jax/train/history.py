@@ -4,33 +4,93 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import sys
 import tempfile
 
 from attention_jax.data import paths
 from attention_jax.evaluate import metrics as metrics_lib
+from attention_jax.train import provenance as provenance_lib
 
 
-def history(workdir: str, step: int, split: str) -> tuple[list[tuple[int, dict]], float]:
+class HistoryError(ValueError):
+  """metrics.jsonl cannot be read back; the message is one line."""
+
+
+def history(workdir: str, step: int, split: str,
+            repair: bool = True) -> tuple[list[tuple[int, dict]], float]:
   """What metrics.jsonl holds up to `step`, for a resumed run: the records of evaluator
   `split` (for the best step and patience) and the wall seconds spent up to `step` (the
   last train record's elapsed_s; work after the checkpoint that a killed attempt did not
-  save is not counted)."""
+  save is not counted).
+
+  A torn last line (a write cut short) is dropped with a warning and, with `repair`, cut
+  from the file so the next record starts on a line of its own. A damaged line elsewhere,
+  or a missing file when resuming from a checkpoint, raises HistoryError: the best step
+  and patience would silently change, and the evaluations of deleted checkpoints cannot
+  be rebuilt, so the run refuses rather than guess."""
   path = os.path.join(workdir, "metrics.jsonl")
-  if not step or not os.path.exists(path):
+  if not os.path.exists(path):
+    if step:
+      raise HistoryError(
+          f"{path} is missing but the checkpoints resume at step {step}: the best step and "
+          "early stopping depend on it; restore it, or move the workdir aside to start over")
+    return [], 0.0
+  rows = _records(path, repair)  # also at step 0: the next append must start a new line
+  if not step:
     return [], 0.0
   evals, elapsed = {}, 0.0
-  with open(path) as f:
-    for line in f:
-      row = json.loads(line)
-      if row["step"] > step:
-        continue
-      kind = row.pop("split")
-      if kind == split:
-        evals[row.pop("step")] = row  # a step evaluated twice (killed, resumed): the last
-      elif kind == "train" and "elapsed_s" in row:
-        elapsed = row["elapsed_s"]
+  for row in rows:
+    if row["step"] > step:
+      continue
+    kind = row.pop("split")
+    if kind == split:
+      evals[row.pop("step")] = row  # a step evaluated twice (killed, resumed): the last
+    elif kind == "train" and "elapsed_s" in row:
+      elapsed = row["elapsed_s"]
   return sorted(evals.items()), elapsed
+
+
+def _records(path: str, repair: bool) -> list[dict]:
+  """The records of metrics.jsonl; drops (and with `repair` cuts) a torn last line."""
+  with open(path, "rb") as f:
+    lines = f.read().split(b"\n")
+  ended = lines[-1] == b""  # the file ends with a newline
+  if ended:
+    lines.pop()
+  rows = []
+  for number, line in enumerate(lines, 1):
+    try:
+      rows.append(_record(line))
+    except ValueError as e:
+      if number < len(lines):
+        raise HistoryError(f"{path}:{number}: damaged record ({e}); the file is damaged "
+                           "before its last line: repair or delete that line") from None
+      print(f"warning: {path}:{number}: dropped a torn last line ({e})", file=sys.stderr,
+            flush=True)
+      ended = False
+      lines.pop()
+  if not ended and repair:
+    _rewrite(path, b"".join(line + b"\n" for line in lines))
+  return rows
+
+
+def _record(line: bytes) -> dict:
+  """One metrics.jsonl line as a dict with `step` and `split`; ValueError otherwise."""
+  try:
+    row = json.loads(line)
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    raise ValueError(f"not JSON: {line[:60]!r}") from None
+  if not isinstance(row, dict) or not isinstance(row.get("step"), int) or "split" not in row:
+    raise ValueError(f"not a record with step and split: {line[:60]!r}")
+  return row
+
+
+def _rewrite(path: str, content: bytes) -> None:
+  """Replaces the file in place (the MetricWriter appends to the same inode later)."""
+  with open(path, "r+b") as f:
+    f.seek(0)
+    f.write(content)
+    f.truncate()
 
 
 def best(history: list[tuple[int, dict]], metric: str) -> tuple[int | None, dict]:
@@ -61,8 +121,10 @@ class WorkdirError(ValueError):
   """The workdir cannot hold this run."""
 
 
-def prepare_workdir(workdir: str, config_json: str, write: bool) -> None:
-  """Create the workdir; refuse one that holds a different run."""
+def prepare_workdir(workdir: str, config_json: str, write: bool,
+                    provenance: dict | None = None) -> None:
+  """Create the workdir; refuse one that holds a different run. A new run's config.json
+  also records `provenance` (under `provenance.KEY`), which is not compared on resume."""
   try:
     os.makedirs(workdir, exist_ok=True)
     tempfile.NamedTemporaryFile(dir=workdir).close()
@@ -71,16 +133,10 @@ def prepare_workdir(workdir: str, config_json: str, write: bool) -> None:
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     with open(path) as f:
-      if json.load(f) != json.loads(config_json):
-        raise WorkdirError(f"workdir {workdir!r} holds a run of another config "
-                           f"(see {path}); use a new --workdir")
+      saved = json.load(f)
+    saved.pop(provenance_lib.KEY, None)
+    if saved != json.loads(config_json):
+      raise WorkdirError(f"workdir {workdir!r} holds a run of another config "
+                         f"(see {path}); use a new --workdir")
   elif write:
-    write_json(path, json.loads(config_json))
-
-
-def git_commit() -> str | None:
-  try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=os.path.dirname(__file__), check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return None
+    write_json(path, {**json.loads(config_json), provenance_lib.KEY: provenance})

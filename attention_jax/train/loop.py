@@ -9,6 +9,7 @@ log, evaluate and checkpoint, and shards the next batch while a step runs.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -21,12 +22,18 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from attention_jax import data, tasks
-from attention_jax.train import checkpoint, evaluators, history as history_lib
-from attention_jax.train import metrics as metrics_lib, optim, partition, setup, validate
+from attention_jax.train import checkpoint, evaluators, history as history_lib, lock
+from attention_jax.train import metrics as metrics_lib, optim, partition, provenance, setup
+from attention_jax.train import validate
 from attention_jax.train.validate import ConfigError
 
 
-class NonFiniteError(RuntimeError):
+class RunError(RuntimeError):
+  """A fault after training began (the CLI prints the message, exits with `exit_code`)."""
+  exit_code = 1
+
+
+class NonFiniteError(RunError):
   """Training produced a NaN or infinity."""
 
 
@@ -55,8 +62,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
   task = tasks.build_task(config, open_data(config))
   validate.check_with_data(config, task)
   config_json = config.to_json_best_effort(sort_keys=True)
+  # Process 0 of a run holds the lock for all of its processes (they share the workdir).
   try:
-    history_lib.prepare_workdir(workdir, config_json, write=jax.process_index() == 0)
+    with lock.hold(workdir, enabled=jax.process_index() == 0):
+      return _run(config, workdir, task, config_json, start_time)
+  except lock.LockError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _run(config, workdir: str, task, config_json: str, start_time: float) -> dict:
+  is_main = jax.process_index() == 0
+  prov = provenance.collect(task.dataset) if is_main else None
+  try:
+    history_lib.prepare_workdir(workdir, config_json, write=is_main, provenance=prov)
   except history_lib.WorkdirError as e:
     raise ConfigError(str(e)) from None
   run = Run(config, workdir, task, start_time)
@@ -65,10 +83,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return run.finished
   try:
     run.train()
-    result = run.finish(hashlib.sha256(config_json.encode()).hexdigest()[:16])
-  finally:
-    run.close()
+    result = run.finish(hashlib.sha256(config_json.encode()).hexdigest()[:16], prov)
+  except data.DataError as e:  # a shard damaged inside: found only when its records are read
+    _close_quietly(run)
+    raise DataFault(f"{e}; {run.last_good()}: rerun to resume once the data is rebuilt") from None
+  except BaseException:
+    _close_quietly(run)
+    raise
+  run.close()
   return result
+
+
+def _close_quietly(run: "Run") -> None:
+  """Closes `run` while another error is on its way out: that error says more."""
+  with contextlib.suppress(RunError):
+    run.close()
+
+
+class StorageError(RunError):
+  """A checkpoint or metrics file cannot be read (damaged) or written (a full disk)."""
+
+
+class DataFault(RunError):
+  """The data set proved damaged after training began (exit 2, like any data fault)."""
+  exit_code = 2
+
+
+class Interrupted(RunError):
+  """SIGINT (Ctrl-C): the run saved its last step; rerunning resumes it."""
+  exit_code = 130
 
 
 class Window:
@@ -129,6 +172,8 @@ class Run:
     self.step, self.data_state, self.finished = self._resume()
     if self.finished is not None:
       return
+    self.select, self.metric = config.train.select_eval, validate.selection_metric(config, task)
+    self.history, self.elapsed_before = self._history()  # before the writer appends to it
     self.train_step, eval_step = setup.jit_steps(task, shardings, self.mesh, schedule=schedule)
     self.out = Output(workdir, metrics_lib.MetricWriter(workdir, enabled=self.is_main),
                       metrics_lib.Progress(self.step, config.train.steps, config.train.log_every,
@@ -136,16 +181,21 @@ class Run:
     eval_batch = config.data.eval_batch_size // jax.process_count()
     self.evals = {name: evaluators.Evaluator(name, cfg, task, self.mesh, eval_step, eval_batch,
                                              self.out) for name, cfg in config.evals.items()}
-    self.select, self.metric = config.train.select_eval, validate.selection_metric(config, task)
-    self.history, self.elapsed_before = history_lib.history(workdir, self.step, self.select)
     self.last, self.heatmaps, self.stop = {}, None, None
 
   def _resume(self) -> tuple[int, dict | None, dict | None]:
-    """(step, data state, the finished run's result.json or None) from the checkpoints."""
+    """(step, data state, the finished run's result.json or None) from the newest intact
+    checkpoint (damaged newer ones are reported and set aside by `Checkpoints.restore`)."""
     if self.ckpt.latest_step() is None:
       return 0, None, None
-    self.state, data_state, step = self.ckpt.restore(self.state)
-    self.train_iter.set_state(data_state)
+    try:
+      self.state, data_state, step = self.ckpt.restore(self.state,
+                                                       accept=self.train_iter.set_state)
+    except checkpoint.DamagedError as e:
+      # Starting from step 0 would overwrite the damaged checkpoints: the user decides.
+      raise self._abort(f"{e}; move {self.ckpt.directory} aside to start from step 0")
+    if self.best_ckpt is not None:
+      self.best_ckpt.drop_after(step)  # from steps the resumed run redoes
     if self.is_main:
       print(f"resumed from {self.workdir}/checkpoints at step {step}", flush=True)
     path = os.path.join(self.workdir, "result.json")
@@ -155,6 +205,17 @@ class Run:
       with open(path) as f:
         return step, data_state, json.load(f)
     return step, data_state, None
+
+  def _history(self) -> tuple[list[tuple[int, dict]], float]:
+    try:
+      return history_lib.history(self.workdir, self.step, self.select, repair=self.is_main)
+    except history_lib.HistoryError as e:
+      raise self._abort(str(e))
+
+  def _abort(self, message: str) -> StorageError:
+    """A StorageError for a run that cannot start; closes what the constructor opened."""
+    self.close()
+    return StorageError(message)
 
   def seconds(self) -> float:
     """Wall time over every attempt of this run."""
@@ -167,38 +228,68 @@ class Run:
       yield partition.shard_batch(batch, self.mesh), self.train_iter.get_state()
 
   def train(self) -> None:
-    """Steps until `train.steps`, early stopping or SIGTERM; saves the last step."""
-    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop", "sigterm"))
+    """Steps until `train.steps`, early stopping, SIGTERM or SIGINT; saves the last step.
+    A failed write (a full disk) raises StorageError at the step it is noticed."""
+    previous = {sig: signal.signal(sig, self._on_signal)
+                for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-      for ev in self.evals.values():
-        self.out.progress.write(ev.describe())
-      total, feed, window = self.config.train.steps, self._feed(), Window(self.step)
-      upcoming = next(feed) if self.step < total else None
-      while self.step < total and self.stop is None:
-        batch, data_state = upcoming
-        with partition.activate(self.mesh):
-          self.state, metrics = self.train_step(self.state, batch, self.rng)
-        if self.step + 1 < total:
-          upcoming = next(feed)  # read and sharded while the step runs
-        self.step, self.data_state = self.step + 1, data_state
-        window.entries.append(metrics)
-        self._after_step(window)
-      # A SIGTERM can land mid-window: check its steps before saving them.
-      window.check(f"the last good checkpoint is step {self.ckpt.latest_step()} in "
-                   f"{self.workdir}/checkpoints")
-      self.ckpt.save(self.step, self.state, self.data_state, force=True)
-      self.ckpt.wait()
+      with self._storage_errors():
+        self._train()
     finally:
-      signal.signal(signal.SIGTERM, previous)
+      for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+  @contextlib.contextmanager
+  def _storage_errors(self):
+    """Turns a failed checkpoint write, or a full disk under any file, into one line."""
+    try:
+      yield
+    except checkpoint.CheckpointError as e:
+      raise StorageError(str(e)) from None
+    except OSError as e:
+      if not checkpoint.disk_full(e):
+        raise
+      raise StorageError(f"no space left on device while writing {e.filename or self.workdir}; "
+                         f"{self.last_good()}") from None
+
+  def _on_signal(self, signum, frame) -> None:
+    """SIGTERM or SIGINT: stop after this step and save it; a second Ctrl-C stops now."""
+    if signum == signal.SIGINT and self.stop in ("sigint", "sigterm"):
+      raise KeyboardInterrupt
+    self.stop = "sigint" if signum == signal.SIGINT else "sigterm"
+
+  def last_good(self) -> str:
+    if self.ckpt.good is None:
+      return "no checkpoint was saved"
+    return f"the last good checkpoint is step {self.ckpt.good} in {self.ckpt.directory}"
+
+  def _train(self) -> None:
+    for ev in self.evals.values():
+      self.out.progress.write(ev.describe())
+    total, feed, window = self.config.train.steps, self._feed(), Window(self.step)
+    upcoming = next(feed) if self.step < total else None
+    while self.step < total and self.stop is None:
+      batch, data_state = upcoming
+      with partition.activate(self.mesh):
+        self.state, metrics = self.train_step(self.state, batch, self.rng)
+      if self.step + 1 < total:
+        upcoming = next(feed)  # read and sharded while the step runs
+      self.step, self.data_state = self.step + 1, data_state
+      window.entries.append(metrics)
+      self._after_step(window)
+    # A signal can land mid-window: check its steps before saving them.
+    window.check(self.last_good())
+    self.ckpt.save(self.step, self.state, self.data_state, force=True)
+    self.ckpt.wait()
 
   def _after_step(self, window: Window) -> None:
     step, cfg = self.step, self.config.train
+    self.ckpt.poll()  # a background save that failed stops the run now, not saves later
     due = [ev for ev in self.evals.values() if ev.due(step, cfg.steps)]
     saving = self.ckpt.due(step)
     logged = {}
     if due or saving or step % cfg.log_every == 0 or step == cfg.steps:
-      window.check(f"the last good checkpoint is step {self.ckpt.latest_step()} in "
-                   f"{self.workdir}/checkpoints")
+      window.check(self.last_good())
     if step % cfg.log_every == 0 or step == cfg.steps:
       logged = dict(window.summary(), elapsed_s=self.seconds())
       self.out.writer.write(step, "train", logged)
@@ -232,17 +323,30 @@ class Run:
     """An `every=0` evaluator, with the best step's parameters when `use_best`."""
     params, step = self.state.params, self.step
     if ev.cfg.use_best and self.best_ckpt is not None and self.best_ckpt.latest_step() is not None:
-      step = self.best_ckpt.latest_step()
-      params = self.best_ckpt.restore(self.state)[0].params
+      self.best_ckpt.wait()
+      try:
+        best, _, step = self.best_ckpt.restore(self.state)
+      except checkpoint.DamagedError as e:
+        raise StorageError(f"{e}; move {self.best_ckpt.directory} aside to score the last "
+                           "step instead") from None
+      params = best.params
     scores = self._evaluate(ev, params, step)
     return {ev.name: scores, f"{ev.name}_split": ev.cfg.split, f"{ev.name}_step": step}
 
-  def finish(self, config_hash: str) -> dict:
-    """Final evaluations and `result.json` (nothing after SIGTERM: the run resumes)."""
-    if self.stop == "sigterm":
-      print(f"SIGTERM: saved step {self.step} to {self.workdir}/checkpoints; rerun to resume",
-            flush=True)
+  def finish(self, config_hash: str, prov: dict | None) -> dict:
+    """Final evaluations and `result.json` (nothing after SIGTERM or SIGINT: the run
+    resumes; SIGINT raises Interrupted so the command exits 130)."""
+    if self.stop in ("sigterm", "sigint"):
+      saved = (f"{self.stop.upper()}: saved step {self.step} to {self.workdir}/checkpoints; "
+               "rerun to resume")
+      if self.stop == "sigint":
+        raise Interrupted(saved)
+      print(saved, flush=True)
       return {}
+    with self._storage_errors():
+      return self._final_result(config_hash, prov)
+
+  def _final_result(self, config_hash: str, prov: dict | None) -> dict:
     if not self.history:  # resumed at the last step before any evaluation was recorded
       self._evaluate(self.evals[self.select], self.state.params, self.step)
     ends = {}
@@ -255,16 +359,34 @@ class Run:
               "step": self.step, "stopped_early": self.stop == "early", **ends,
               "num_params": int(sum(np.prod(p.shape) for p in jax.tree.leaves(self.state.params))),
               "wall_time_s": self.seconds(), "seed": self.config.seed,
-              "config_hash": config_hash, "git_commit": history_lib.git_commit(),
+              "config_hash": config_hash, "git_commit": prov["git"]["commit"] if prov else None,
+              "provenance": prov,
               "heatmaps": self.heatmaps}
     if self.is_main:
       history_lib.write_json(os.path.join(self.workdir, "result.json"), result)
+    self.out.writer.hparams(self.config.to_dict(), {
+        **{f"{kind}_{k}": v for kind in ("best", "final") for k, v in result[kind].items()},
+        **{f"{name}_{k}": v for name in ends if isinstance(ends[name], dict)
+           for k, v in ends[name].items()}})
     return result
 
   def close(self) -> None:
+    """Closes the writers and checkpoints, each even if another fails; then raises the
+    first failure as a one-line StorageError (a full disk while flushing)."""
+    closers = [self.ckpt.close] + ([self.best_ckpt.close] if self.best_ckpt else [])
     if self.out is not None:
-      self.out.progress.close()
-      self.out.writer.close()
-    self.ckpt.close()
-    if self.best_ckpt is not None:
-      self.best_ckpt.close()
+      closers = [self.out.progress.close, self.out.writer.close] + closers
+      self.out = None
+    errors = []
+    for close in closers:
+      try:
+        close()
+      except (checkpoint.CheckpointError, OSError) as e:
+        errors.append(e)
+    if errors:
+      e = errors[0]
+      if isinstance(e, OSError) and checkpoint.disk_full(e):
+        raise StorageError(f"no space left on device while writing {e.filename}; "
+                           f"{self.last_good()}")
+      raise StorageError(str(e) if isinstance(e, checkpoint.CheckpointError)
+                         else f"{e.filename}: {e.strerror}")

@@ -2,6 +2,8 @@
 names the key and the allowed values (the CLI prints it and exits with code 2)."""
 from __future__ import annotations
 
+import math
+
 import jax
 
 from attention_jax import data, tasks
@@ -24,11 +26,7 @@ def check_config(config) -> None:
                       f"{', '.join(data.registry.TOKENIZERS)}")
   if config.data.get("vocab_size") is not None and config.data.vocab_size < 8:
     raise ConfigError(f"data.vocab_size must be at least 8, got {config.data.vocab_size}")
-  for key, low in (("train.steps", 1), ("train.log_every", 1), ("train.checkpoint_every", 0),
-                   ("train.keep_checkpoints", 1), ("train.early_stop_patience", 0)):
-    section, name = key.split(".")
-    if config[section][name] < low:
-      raise ConfigError(f"{key} must be at least {low}, got {config[section][name]}")
+  check_ranges(config)
   try:
     task = tasks.build_task(config, None, vocab_size=16)
     _check_mesh(config)
@@ -42,6 +40,52 @@ def check_config(config) -> None:
   except (ValueError, TypeError) as e:
     raise ConfigError(str(e)) from None
   _check_selection(config, task)
+
+
+INF = math.inf
+# Allowed intervals, as (key, low, high, bounds) with '[' / ']' closed and '(' / ')' open;
+# NaN and infinities are refused everywhere. keep_checkpoints >= 1: 0 would delete the only
+# checkpoint, and with it the resume and the "already finished" answer of a rerun. A zero
+# learning rate is allowed (a frozen model is a baseline); a negative one is gradient ascent.
+RANGES = (
+    ("train.steps", 1, INF, "[)"), ("train.log_every", 1, INF, "[)"),
+    ("train.checkpoint_every", 0, INF, "[)"), ("train.keep_checkpoints", 1, INF, "[)"),
+    ("train.early_stop_patience", 0, INF, "[)"),
+    ("optim.learning_rate", 0, INF, "[)"), ("optim.warmup_steps", 0, INF, "[)"),
+    ("optim.b1", 0, 1, "[)"), ("optim.b2", 0, 1, "[)"), ("optim.momentum", 0, 1, "[)"),
+    ("optim.weight_decay", 0, INF, "[)"), ("optim.grad_clip_norm", 0, INF, "[)"),
+    ("task.label_smoothing", 0, 1, "[)"), ("model.temperature", 0, INF, "()"),
+)
+# Model fields that are sizes or counts (>= 1 when set) and rates in [0, 1), by name.
+SIZE_SUFFIXES = ("_dim", "_layers", "_heads", "d_model", "d_ff", "max_len", "window")
+EVAL_RANGES = (("beam_alpha", 0, INF, "[)"), ("temperature", 0, INF, "()"))
+
+
+def check_range(key: str, value, low: float, high: float, bounds: str) -> None:
+  """A ConfigError unless `value` is a finite number in the interval (None: unset, fine)."""
+  if value is None or isinstance(value, bool):
+    return
+  ok = isinstance(value, (int, float)) and math.isfinite(value) and (
+      value > low if bounds[0] == "(" else value >= low) and (
+      value < high if bounds[1] == ")" else value <= high)
+  if not ok:
+    raise ConfigError(f"{key}={value!r} is out of range; allowed: a number in "
+                      f"{bounds[0]}{low}, {high}{bounds[1]}")
+
+
+def check_ranges(config) -> None:
+  """Every numeric value with a meaningful range, NaN and infinities refused."""
+  for key, low, high, bounds in RANGES:
+    section, name = key.split(".")
+    check_range(key, config[section].get(name), low, high, bounds)
+  for name, value in config.model.items():
+    if name.endswith("dropout_rate"):
+      check_range(f"model.{name}", value, 0, 1, "[)")
+    elif name.endswith(SIZE_SUFFIXES):
+      check_range(f"model.{name}", value, 1, INF, "[)")
+  for ev_name, ev in config.evals.items():
+    for name, low, high, bounds in EVAL_RANGES:
+      check_range(f"evals.{ev_name}.{name}", ev.get(name), low, high, bounds)
 
 
 def _check_mesh(config) -> None:

@@ -1,4 +1,8 @@
-"""A tiny experiment for the launcher tests: the smoke RNN on the copy task, seconds a trial."""
+"""A tiny experiment for the launcher tests: the smoke RNN on the copy task, seconds a trial.
+
+`sweep` and friends are grids (`launch.sweep --sweep=NAME`), `search_space` a search
+(`launch.sweep --search=optuna`).
+"""
 from attention_jax import experiment
 
 DEFAULTS = dict(attention="luong", score="dot", steps=6)
@@ -33,3 +37,11 @@ def long(add):
 def single(add):
   """One quick trial (the SLURM path through submitit's local executor)."""
   add(attention="luong", score="general")
+
+
+def search_space(trial):
+  """The search of tests/launch/test_search.py: the learning rate makes a trial good or bad (a
+  bad one is pruned), `attention=bogus` fails (exit 2); dev is scored every 5 steps."""
+  trial.suggest_categorical("attention", ["luong", "none", "bogus"])
+  trial.suggest_float("optim.learning_rate", 1e-5, 3e-2, log=True)
+  return {"evals.dev.every": 5, "train.checkpoint_every": 1000}

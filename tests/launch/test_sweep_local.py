@@ -102,10 +102,11 @@ def test_report_means_and_stds_over_seeds(tmp_path):
         json.dumps({"step": 10, "split": "train", "loss": loss}) + "\n"
         + json.dumps({"step": 10, "split": "eval", "loss": loss, "wer": wer}) + "\n")
     trials[name] = {"status": "done", "overrides": {"attention": "luong", "seed": seed}}
-  exp = tmp_path / "exp.py"
-  exp.write_text('REFERENCES = [dict(source="Paper", where="Table 2", metric="wer", value=23.5)]\n')
-  (root / "sweep.json").write_text(json.dumps({"config": f"{exp}:smoke=True", "sweep": "sweep",
-                                               "trials": trials}))
+  # The published numbers as the sweep recorded them when it started (the report never imports
+  # the experiment file).
+  recorded = {"references": [dict(source="Paper", where="Table 2", metric="wer", value=23.5)]}
+  (root / "sweep.json").write_text(json.dumps({"config": "exp.py:smoke=True", "sweep": "sweep",
+                                               "experiment": recorded, "trials": trials}))
   done = report.report(str(root))
   assert "| **best** | luong | 25.00 ± 5.00 | 2.0000 ± 1.0000 | 2 | 10 | 5 |" in done["markdown"]
   assert "| Paper | Table 2 | wer (%) | 23.5 | 25.00 ± 5.00 |  |" in done["markdown"]
@@ -170,3 +171,28 @@ def test_plots_name_configurations_by_what_differs_and_skip_single_points(tmp_pa
   assert varying == ["model.hidden_dim"]
   assert [report.plot_label(t["overrides"], varying) for t in trials.values()] == [
       "model.hidden_dim=256", "defaults"]
+
+
+def test_report_warns_when_rows_come_from_different_setups(tmp_path, capsys):
+  root = tmp_path / "r"
+  trials = {}
+  setups = [("0.10.2", "aa"), ("0.10.2", "aa"), ("0.10.1", "bb")]
+  for i, (jax_version, data_hash) in enumerate(setups):
+    name = f"score=s{i}"
+    os.makedirs(root / name)
+    provenance = {"versions": {"jax": jax_version}, "platform": "cpu", "device_kind": "cpu",
+                  "data": {"name": "cmudict_g2p/stress", "sha256": data_hash}}
+    (root / name / "result.json").write_text(json.dumps(
+        {"final": {"wer": 0.3}, "best_by": "wer", "step": 10, "wall_time_s": 1.0,
+         "provenance": provenance}))
+    (root / name / "metrics.jsonl").write_text("")
+    trials[name] = {"index": i, "status": "done", "overrides": {"score": f"s{i}"}}
+  (root / "sweep.json").write_text(json.dumps({"config": "x.py", "sweep": "s", "trials": trials,
+                                               "experiment": {"references": []}}))
+  assert report.main([f"--root={root}"]) == 0
+  expected = ["rows differ in jax version: 0.10.2 (score=s0, score=s1); 0.10.1 (score=s2)",
+              "rows differ in data hash: aa (score=s0, score=s1); bb (score=s2)"]
+  assert capsys.readouterr().err.splitlines() == [f"warning: {w}" for w in expected]
+  text = (root / "report" / "results.md").read_text()
+  assert text.endswith("Warning: these rows come from different setups.\n\n"
+                       + "".join(f"- {w}\n" for w in expected))

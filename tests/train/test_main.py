@@ -76,6 +76,12 @@ def test_smoke_config_trains_evaluates_and_draws(config, data_dir, tmp_path):
     ("--config.evals.dev.decode=nucleus", "evals.dev.decode='nucleus' is unknown"),
     ("--config.train.select_by=werr", "train.select_by='werr' is not a metric"),
     ("--config.train.select_eval=test", "train.select_eval='test' is not a periodic evaluator"),
+    ("--config.train.steps=-5", "train.steps=-5 is out of range; allowed: a number in [1, inf)"),
+    ("--config.train.keep_checkpoints=0", "train.keep_checkpoints=0 is out of range"),
+    ("--config.optim.learning_rate=-0.01", "optim.learning_rate=-0.01 is out of range"),
+    ("--config.optim.learning_rate=nan", "optim.learning_rate=nan is out of range"),
+    ("--config.model.dropout_rate=1.5", "model.dropout_rate=1.5 is out of range; allowed: a "
+     "number in [0, 1)"),
 ])
 def test_bad_config_exits_2_before_writing(flag, message, data_dir, tmp_path):
   workdir = tmp_path / "run"
@@ -93,10 +99,30 @@ def test_unwritable_workdir_is_an_error(data_dir, tmp_path):
   assert blocker.read_text() == "not a directory"
 
 
-def test_misspelt_override_fails_naming_the_key(data_dir, tmp_path):
-  proc = _run(data_dir, f"{G2P}:smoke=True", tmp_path / "run",
-              "--config.train.stepz=3")
-  assert proc.returncode != 0 and "stepz" in proc.stderr
+@pytest.mark.parametrize("config,flag,message", [
+    (f"{G2P}:smoke=True", "--config.train.stepz=3",
+     "error: --config.train.stepz: no such config key; did you mean --config.train.steps?"),
+    (f"{G2P}:smok=True", "--config.seed=1", f"error: --config={G2P}:smok=True: unknown config "
+     "argument 'smok'; did you mean 'smoke'? known: attention, score, cell, stress, steps, "
+     "test, smoke"),
+    ("experiments/nosuch.py", "--config.seed=1", "error: no experiment file at "
+     "'experiments/nosuch.py'"),
+    (f"{G2P}:smoke=True", "--config.train.steps=abc", "error: flag --config.train.steps=abc: "
+     "invalid literal for int() with base 10: 'abc'"),
+], ids=["misspelt override", "misspelt argument", "missing file", "bad value"])
+def test_command_line_mistakes_are_one_line_and_exit_2(config, flag, message, data_dir,
+                                                       tmp_path):
+  proc = _run(data_dir, config, tmp_path / "run", flag)
+  assert (proc.returncode, proc.stderr) == (2, message + "\n")
+  assert not (tmp_path / "run").exists()
+
+
+def test_syntax_error_in_an_experiment_file_names_file_and_line(data_dir, tmp_path):
+  path = tmp_path / "broken.py"
+  path.write_text("def get_config(arg=None):\n  return dict(\n")
+  proc = _run(data_dir, str(path), tmp_path / "run")
+  assert (proc.returncode, proc.stderr) == (
+      2, f"error: {path}:2: syntax error: '(' was never closed\n")
   assert not (tmp_path / "run").exists()
 
 

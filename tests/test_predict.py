@@ -1,0 +1,213 @@
+"""`python -m attention_jax.predict` on tiny trained runs: outputs against the task's own
+decoding, scores against a NumPy greedy loop, beams, inputs, formats, heatmaps, errors, and
+a workdir left exactly as it was."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from attention_jax import data, tasks
+from attention_jax.data.vocab import BOS_ID, EOS_ID
+from attention_jax.train import evaluators
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COPY = ["--config.data.name=algorithmic/copy", "--config.evals.dev.examples=16",
+        "--config.evals.dev.metrics=sequence_accuracy,token_error_rate", "--config.train.steps=6"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("data"))
+
+
+def _env(data_dir):
+  return dict(os.environ, ATTENTION_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
+
+
+def _train(data_dir, workdir, experiment, *extra):
+  command = [sys.executable, "-m", "attention_jax.main", f"--config={experiment}:smoke=True",
+             f"--workdir={workdir}", *COPY, *extra]
+  proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=_env(data_dir),
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return str(workdir)
+
+
+@pytest.fixture(scope="module")
+def rnn(data_dir, tmp_path_factory):
+  """The RNN (Luong attention) after 6 steps: checkpoints 3 and 6, no best one."""
+  return _train(data_dir, tmp_path_factory.mktemp("rnn") / "W", "experiments/g2p_attention.py")
+
+
+@pytest.fixture(scope="module")
+def transformer(data_dir, tmp_path_factory):
+  """The Transformer after 6 steps; early stopping keeps a best checkpoint."""
+  return _train(data_dir, tmp_path_factory.mktemp("tf") / "W", "experiments/g2p_transformer.py",
+                "--config.train.early_stop_patience=100")
+
+
+def _predict(data_dir, workdir, *args, stdin=None):
+  return subprocess.run([sys.executable, "-m", "attention_jax.predict", f"--workdir={workdir}",
+                         *args], capture_output=True, text=True, cwd=ROOT, env=_env(data_dir),
+                        input=stdin, timeout=600)
+
+
+def _json(proc):
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def _listing(workdir):
+  """Every path under the workdir with its size and mtime."""
+  out = {}
+  for root, dirs, files in os.walk(workdir):
+    for name in dirs + files:
+      st = os.stat(os.path.join(root, name))
+      out[os.path.relpath(os.path.join(root, name), workdir)] = (st.st_size, st.st_mtime_ns)
+  return out
+
+
+def _load(data_dir, workdir, step):
+  """(task, params) of a checkpoint, read with plain Orbax, not through predict."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(
+        {k: v for k, v in json.load(f).items() if not k.startswith("_")})
+  task = tasks.build_task(config, data.get_dataset(config.data.name, data_dir=data_dir))
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return config, task, ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def _numpy_greedy(task, params, batch, max_len):
+  """(ids, log p) per row: argmax step by step through the model's decode interface, the
+  log-probabilities from a NumPy log-softmax of each step's logits."""
+  model, variables = task.model, {"params": params}
+  encoded = model.apply(variables, batch["inputs"], batch["input_lengths"], method=model.encode)
+  state = model.apply(variables, encoded, batch["input_lengths"], method=model.init_decode_state)
+  rows = len(batch["inputs"])
+  tokens, done = np.full(rows, BOS_ID, np.int32), np.zeros(rows, bool)
+  ids, total = [], np.zeros(rows)
+  for _ in range(max_len):
+    logits, state = model.apply(variables, state, tokens, method=model.decode_step)
+    logits = np.asarray(logits, np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    tokens = logp.argmax(-1).astype(np.int32)
+    total += np.where(done, 0.0, logp[np.arange(rows), tokens])
+    ids.append(np.where(done, 0, tokens))
+    done |= tokens == EOS_ID
+  return np.stack(ids, 1), total
+
+
+def test_greedy_equals_the_tasks_decode_and_scores_its_log_probability(data_dir, rnn):
+  config, task, params = _load(data_dir, rnn, 6)
+  records = task.dataset.texts("dev")[:6]
+  results = _json(_predict(data_dir, rnn, "--format=json", *[r["inputs"] for r in records]))
+  # The evaluator's path: the trainer's dev batch, its decode budget, task.predict.
+  batch = next(iter(task.batches("dev", batch_size=8, indices=range(6))))
+  max_len = evaluators.decode_budget(task, config.evals.dev)
+  expected = [task.text(row) for row in task.predict(params, batch, method="greedy",
+                                                     max_len=max_len)[:6]]
+  assert [r["prediction"] for r in results] == expected
+  assert [r["input"] for r in results] == [r["inputs"] for r in records]
+  ids, log_p = _numpy_greedy(task, params, batch, max_len)
+  assert [task.text(row) for row in ids[:6]] == expected
+  np.testing.assert_allclose([r["score"] for r in results], log_p[:6], rtol=1e-5, atol=1e-5)
+  assert all(r["nbest"] == [{"prediction": r["prediction"], "score": r["score"]}]
+             for r in results)
+
+
+def test_beam_nbest_sorted_and_beam_of_one_is_greedy(data_dir, rnn):
+  inputs = ["123", "98765", "5"]
+  nbest = _json(_predict(data_dir, rnn, "--format=json", "--decode=beam", "--beam_size=4",
+                         "--nbest=3", "--alpha=0", *inputs))
+  best = _predict(data_dir, rnn, "--decode=beam", "--beam_size=4", "--alpha=0", *inputs)
+  assert best.returncode == 0, best.stderr
+  for result, line in zip(nbest, best.stdout.splitlines(), strict=True):
+    scores = [h["score"] for h in result["nbest"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)  # alpha 0: by log p
+    assert len({h["prediction"] for h in result["nbest"]}) == 3
+    assert line == f"{result['prediction']}\t{result['score']:.4f}"  # task.predict's best
+  one = _predict(data_dir, rnn, "--decode=beam", "--beam_size=1", *inputs)
+  greedy = _predict(data_dir, rnn, *inputs)
+  assert one.stdout == greedy.stdout and len(greedy.stdout.splitlines()) == 3
+
+
+def test_stdin_and_file_inputs(data_dir, rnn, tmp_path):
+  inputs = ["31", "4159", "26535"]
+  arguments = _predict(data_dir, rnn, *inputs)
+  assert arguments.returncode == 0, arguments.stderr
+  path = tmp_path / "inputs.txt"
+  path.write_text("\n".join(inputs) + "\n")
+  assert _predict(data_dir, rnn, f"--input={path}").stdout == arguments.stdout
+  assert _predict(data_dir, rnn, stdin="\n".join(inputs) + "\n").stdout == arguments.stdout
+
+
+def test_heatmaps_written_and_workdir_unchanged(data_dir, rnn, tmp_path):
+  before = _listing(rnn)
+  out = tmp_path / "maps"
+  proc = _predict(data_dir, rnn, f"--heatmap={out}", "--checkpoint=3", "--decode=beam",
+                  "--nbest=2", "12", "345")
+  assert proc.returncode == 0, proc.stderr
+  assert len(proc.stdout.splitlines()) == 4
+  pngs = sorted(os.listdir(out))
+  assert pngs == ["input_0_alignment.png", "input_1_alignment.png"]
+  assert all((out / p).read_bytes()[:8] == PNG for p in pngs)
+  assert _listing(rnn) == before
+
+
+def _workdir_without_checkpoints(rnn, tmp_path):
+  workdir = tmp_path / "empty"
+  workdir.mkdir()
+  shutil.copy(os.path.join(rnn, "config.json"), workdir)
+  return str(workdir)
+
+
+@pytest.mark.parametrize("case,args,needles", [
+    ("no_config", ["1"], ["has no config.json"]),
+    ("no_checkpoint", ["1"], ["has no checkpoint"]),
+    ("best", ["--checkpoint=best", "1"], ["kept no best checkpoint", "steps 3, 6"]),
+    ("step", ["--checkpoint=4", "1"], ["--checkpoint=4", "steps 3, 6"]),
+    ("vocabulary", ["12", "1x2y"], ["'1x2y'", "'x', 'y'"]),
+    ("decode", ["--decode=sample", "1"], ["--decode=sample"]),
+    ("nbest", ["--nbest=2", "1"], ["--nbest=2", "--decode=beam"]),
+])
+def test_errors_are_one_line_exit_2(data_dir, rnn, tmp_path, case, args, needles):
+  workdir = {"no_config": str(tmp_path),
+             "no_checkpoint": _workdir_without_checkpoints(rnn, tmp_path)}.get(case, rnn)
+  if case in ("no_config", "no_checkpoint"):
+    needles = needles + [workdir]
+  proc = _predict(data_dir, workdir, *args)
+  assert proc.returncode == 2 and not proc.stdout
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+  assert all(n in lines[0] for n in needles), lines[0]
+  if case == "no_checkpoint":
+    assert os.listdir(workdir) == ["config.json"]  # nothing created
+
+
+def test_transformer_best_checkpoint_long_input_and_heatmaps(data_dir, transformer, tmp_path):
+  before = _listing(transformer)
+  config, task, params = _load(data_dir, transformer, 6)
+  assert os.listdir(os.path.join(transformer, "best")) == ["6"]
+  records = task.dataset.texts("dev")[:4]
+  out = tmp_path / "maps"
+  results = _json(_predict(data_dir, transformer, "--checkpoint=best", "--format=json",
+                           f"--heatmap={out}", *[r["inputs"] for r in records]))
+  batch = next(iter(task.batches("dev", batch_size=4, indices=range(4))))
+  ids, log_p = _numpy_greedy(task, params, batch, evaluators.decode_budget(task, config.evals.dev))
+  assert [r["prediction"] for r in results] == [task.text(row) for row in ids]
+  np.testing.assert_allclose([r["score"] for r in results], log_p, rtol=1e-5, atol=1e-5)
+  kinds = ("decoder_cross_attention", "decoder_self_attention", "encoder_self_attention")
+  assert sorted(os.listdir(out)) == [f"input_{i}_{k}.png" for i in range(4) for k in kinds]
+  assert all((out / p).read_bytes()[:8] == PNG for p in os.listdir(out))
+  long = _predict(data_dir, transformer, "1" * 70)
+  assert long.returncode == 2 and len(long.stderr.strip().splitlines()) == 1
+  assert "71 tokens" in long.stderr and "limit of 64" in long.stderr
+  assert _listing(transformer) == before

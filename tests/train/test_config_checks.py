@@ -1,0 +1,119 @@
+"""Whole-config checks before any write: value ranges, experiment files, override names."""
+import glob
+import math
+import os
+
+import pytest
+
+from attention_jax import experiment
+from attention_jax.train import validate
+from launch import trials as trials_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
+G2P = os.path.join(ROOT, "experiments", "g2p_attention.py")
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=os.path.basename)
+def test_every_shipped_config_and_sweep_trial_is_in_range(path):
+  module = experiment.load(path)
+  configs = [module.get_config(), module.get_config("smoke=True")]
+  configs += [t.config for t in trials_lib.expand(path, "sweep", 0)]
+  for config in configs:
+    validate.check_ranges(config)
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("train.steps", -5, "[1, inf)"),
+    ("train.keep_checkpoints", 0, "[1, inf)"),
+    ("optim.learning_rate", -0.01, "[0, inf)"),
+    ("optim.learning_rate", math.nan, "[0, inf)"),
+    ("optim.learning_rate", math.inf, "[0, inf)"),
+    ("optim.b2", 1.0, "[0, 1)"),
+    ("optim.weight_decay", -1e-4, "[0, inf)"),
+    ("task.label_smoothing", 1.0, "[0, 1)"),
+    ("model.dropout_rate", 1.5, "[0, 1)"),
+    ("model.dropout_rate", -0.1, "[0, 1)"),
+    ("model.hidden_dim", 0, "[1, inf)"),
+    ("evals.dev.temperature", math.nan, "(0, inf)"),
+    ("evals.dev.temperature", 0.0, "(0, inf)"),
+    ("evals.dev.beam_alpha", -1.0, "[0, inf)"),
+])
+def test_out_of_range_values_name_the_key_and_the_interval(key, value, allowed):
+  config = experiment.load(G2P).get_config("smoke=True")
+  *sections, name = key.split(".")
+  node = config
+  for section in sections:
+    node = node[section]
+  node[name] = value
+  with pytest.raises(validate.ConfigError) as error:
+    validate.check_config(config)
+  assert str(error.value) == (f"{key}={value!r} is out of range; allowed: a number in "
+                              f"{allowed}")
+
+
+def test_in_range_edges_pass():
+  config = experiment.load(G2P).get_config("smoke=True")
+  config.model.dropout_rate, config.optim.weight_decay, config.optim.b1 = 0.0, 0.0, 0.0
+  config.train.checkpoint_every, config.task.label_smoothing = 0, 0.99
+  config.optim.learning_rate = 0.0  # a frozen model: a baseline, not a mistake
+  validate.check_ranges(config)
+
+
+def _write(tmp_path, text, name="exp.py"):
+  path = tmp_path / name
+  path.write_text(text)
+  return str(path)
+
+
+def test_experiment_file_mistakes_are_one_line_with_file_and_line(tmp_path):
+  cases = {
+      "def get_config(arg=None):\n  x = (\n": ":2: syntax error: '(' was never closed",
+      "import os\nX = 1 / 0\n": ":2: ZeroDivisionError: division by zero",
+      "def get_config(arg=None):\n  return {}['data']\n": ":2: KeyError: 'data'",
+      "X = 1\n": " defines no get_config(arg=None)",
+  }
+  for i, (text, tail) in enumerate(cases.items()):
+    path = _write(tmp_path, text, f"exp{i}.py")
+    with pytest.raises(ValueError) as error:
+      experiment.config_from_spec(path)
+    assert str(error.value) == path + tail
+  with pytest.raises(ValueError, match=r"^no experiment file at '.*nosuch.py'$"):
+    experiment.config_from_spec(str(tmp_path / "nosuch.py"))
+
+
+def test_unknown_experiment_argument_suggests_the_close_one():
+  with pytest.raises(ValueError) as error:
+    experiment.config_from_spec(f"{G2P}:smok=True")
+  assert str(error.value) == (f"--config={G2P}:smok=True: unknown config argument 'smok'; "
+                              "did you mean 'smoke'? known: attention, score, cell, stress, "
+                              "steps, test, smoke")
+
+
+@pytest.mark.parametrize("dotted,message", [
+    ("train.steps", None),
+    ("evals.dev.beam_size", None),
+    ("train.stepz", "--config.train.stepz: no such config key; did you mean --config.train.steps?"),
+    ("trian.steps", "--config.trian.steps: no such config key; did you mean --config.train?"),
+    ("train.steps.x", "--config.train.steps.x: train.steps is a value, not a section"),
+    ("evals.test.split", "--config.evals.test.split: no such config key; known: dev"),
+])
+def test_override_names_are_checked(dotted, message):
+  config = experiment.load(G2P).get_config("smoke=True")
+  if message is None:
+    experiment.check_override(config, dotted)
+    return
+  with pytest.raises(ValueError) as error:
+    experiment.check_override(config, dotted)
+  assert str(error.value) == message
+
+
+def test_a_bare_boolean_argument_means_true():
+  assert (experiment.config_from_spec(f"{G2P}:smoke,stress=False").to_dict()
+          == experiment.load(G2P).get_config("smoke=True,stress=False").to_dict())
+  assert experiment.parse_arg("b", dict(a=1, b=False)) == dict(a=1, b=True)
+  with pytest.raises(ValueError, match=r"^config argument 'a' needs a value \(a=...\); a bare "
+                     "name is for boolean arguments only$"):
+    experiment.parse_arg("a", dict(a=1, b=False))
+  with pytest.raises(ValueError, match="unknown config argument 'smok'; did you mean 'smoke'?"):
+    experiment.parse_arg("smok", dict(smoke=False))

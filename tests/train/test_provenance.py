@@ -1,0 +1,126 @@
+"""Runs say what produced them: versions, platform, XLA flags, git state and a data hash in
+config.json and result.json; the report's mismatch warnings; deterministic XLA flags."""
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+
+from attention_jax.train import provenance
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+G2P = os.path.join(ROOT, "experiments", "g2p_attention.py")
+
+
+def _fake_dataset(tmp_path, contents):
+  """A stand-in with TFDS's `builder.info.splits[name].filepaths` over files it writes."""
+  tmp_path.mkdir()
+  splits = {}
+  for split, shards in contents.items():
+    paths = []
+    for i, data in enumerate(shards):
+      path = tmp_path / f"{split}-{i}"
+      path.write_bytes(data)
+      paths.append(path)
+    splits[split] = types.SimpleNamespace(filepaths=paths)
+  info = types.SimpleNamespace(splits=splits)
+  return types.SimpleNamespace(name="fake/x", builder=types.SimpleNamespace(info=info))
+
+
+def test_data_hash_changes_with_any_byte_and_any_split_name(tmp_path):
+  base = {"train": [b"abc", b"def"], "test": [b"ghi"]}
+  first = provenance.data_hash(_fake_dataset(tmp_path / "a", base))
+  assert provenance.data_hash(_fake_dataset(tmp_path / "b", base)) == first
+  for i, changed in enumerate(({"train": [b"abc", b"deF"], "test": [b"ghi"]},
+                               {"train": [b"abc", b"def"], "dev": [b"ghi"]},
+                               {"train": [b"abcdef"], "test": [b"ghi"]})):
+    assert provenance.data_hash(_fake_dataset(tmp_path / f"c{i}", changed)) != first, changed
+  assert provenance.data_hash(types.SimpleNamespace(name="generated")) is None
+
+
+def test_mismatches_name_the_field_and_the_rows():
+  same = {"versions": {"jax": "0.10.2"}, "platform": "cpu", "device_kind": "cpu",
+          "data": {"sha256": "aa"}}
+  assert provenance.mismatches({"a": same, "b": dict(same)}) == []
+  other = {**same, "versions": {"jax": "0.10.1"}, "data": {"sha256": "bb"}}
+  assert provenance.mismatches({"a": same, "b": dict(same), "c": other, "d": None}) == [
+      "no provenance recorded for: d",
+      "rows differ in jax version: 0.10.2 (a, b); 0.10.1 (c)",
+      "rows differ in data hash: aa (a, b); bb (c)"]
+
+
+def test_set_deterministic_adds_the_flag_once(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  provenance.set_deterministic()
+  provenance.set_deterministic()
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2",
+                                             *provenance.DETERMINISTIC_FLAGS]
+
+
+def test_a_run_records_its_provenance(tmp_path):
+  """A relative --workdir, made absolute; train.deterministic's flag reaches XLA_FLAGS."""
+  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=str(tmp_path / "data"), JAX_PLATFORMS="cpu",
+             PYTHONPATH=ROOT)
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run(
+      [sys.executable, "-m", "attention_jax.main", f"--config={G2P}:smoke",
+       "--workdir=run", "--config.data.name=algorithmic/copy",
+       "--config.evals.dev.metrics=sequence_accuracy", "--config.train.deterministic=True"],
+      capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  workdir = tmp_path / "run"
+  assert f"results: {workdir}/result.json" in proc.stdout
+  config = json.loads((workdir / "config.json").read_text())
+  result = json.loads((workdir / "result.json").read_text())
+  recorded = config["_provenance"]
+  assert result["provenance"] == recorded  # one attempt: the same record
+  assert recorded["versions"]["jax"] == importlib.metadata.version("jax")
+  assert recorded["versions"]["orbax-checkpoint"] == importlib.metadata.version("orbax-checkpoint")
+  assert (recorded["platform"], recorded["device_count"], recorded["process_count"]) == ("cpu", 1, 1)
+  assert recorded["xla_flags"].split() == list(provenance.DETERMINISTIC_FLAGS)
+  head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                        cwd=ROOT).stdout.strip()
+  assert recorded["git"]["commit"] == head == result["git_commit"]
+  assert isinstance(recorded["git"]["dirty"], bool)
+  from attention_jax import data  # pylint: disable=g-import-not-at-top
+  dataset = data.registry.get_dataset("algorithmic/copy", data_dir=str(tmp_path / "data"))
+  assert recorded["data"] == {"name": dataset.name, "sha256": provenance.data_hash(dataset)}
+
+
+def _events(directory):
+  """Every Event in the tfevents files under `directory` (TFRecord framing: length, crc,
+  payload, crc)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  events = []
+  for name in sorted(os.listdir(directory)):
+    data = (directory / name).read_bytes()
+    while data:
+      length = int.from_bytes(data[:8], "little")
+      events.append(event_pb2.Event.FromString(data[12:12 + length]))
+      data = data[16 + length:]
+  return events
+
+
+def test_a_run_writes_tensorboard_hparams(tmp_path):
+  from tensorboardX.proto import plugin_hparams_pb2  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=str(tmp_path / "data"), JAX_PLATFORMS="cpu")
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "attention_jax.main", f"--config={G2P}:smoke",
+       f"--workdir={workdir}", "--config.data.name=algorithmic/copy",
+       "--config.evals.dev.metrics=sequence_accuracy", "--config.model.hidden_dim=24"],
+      capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  values = {v.tag: v for e in _events(workdir / "tensorboard" / "hparams") for v in e.summary.value}
+  start = plugin_hparams_pb2.HParamsPluginData.FromString(
+      values["_hparams_/session_start_info"].metadata.plugin_data.content).session_start_info
+  assert start.hparams["model.hidden_dim"].number_value == 24
+  assert start.hparams["model.attention"].string_value == "luong"
+  assert start.hparams["data.name"].string_value == "algorithmic/copy"
+  result = json.loads((workdir / "result.json").read_text())
+  assert values["hparams/best_loss"].simple_value == np.float32(result["best"]["loss"])
+  assert (values["hparams/final_sequence_accuracy"].simple_value
+          == np.float32(result["final"]["sequence_accuracy"]))
