@@ -68,6 +68,8 @@ def make_pruner(spec: str) -> optuna.pruners.BasePruner:
     raise ValueError(f"--pruner={spec}: unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
   kwargs = {}
   for key, value in trials_lib.split_spec(":" + arg)[1].items():
+    if value is None:
+      raise ValueError(f"--pruner={spec}: {key!r} needs a value ({key}=...)")
     try:
       kwargs[key] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -141,7 +143,7 @@ def setup(args) -> dict[str, Any]:
   module = experiment.load(path)
   if not callable(getattr(module, "search_space", None)):
     raise ValueError(f"{path} has no search_space(trial) function for --search=optuna")
-  config = module.get_config(",".join(f"{k}={v}" for k, v in arg.items()) or None)
+  config = module.get_config(trials_lib.join_args(arg) or None)
   objective = args.objective or default_objective(config)
   direction = "maximize" if metrics_lib.higher_is_better(objective) else "minimize"
   return dict(module=module, config=config, objective=objective, direction=direction,
@@ -334,12 +336,9 @@ class Search(sweep_lib.Sweep):
 
   def run_slurm(self) -> bool:
     """Submits trials, --max-parallel at a time; with --wait, watches and prunes them too."""
-    a, defaults = self.args, self.plan["described"]["slurm"]
-    pick = lambda key, fallback: getattr(a, key) if getattr(a, key) is not None else defaults.get(
-        key, fallback)
+    a = self.args
     folder = os.path.join(self.root, "submitit")
-    params = slurm.parameters(pick("partition", None), pick("gpus", 0), pick("time", 240),
-                              pick("cpus", 8), pick("nodes", 1), name=os.path.basename(self.root))
+    params = slurm.parameters_from(a, self.plan["described"]["slurm"], self.root)
     queued = self.queued(folder)
     names = iter(self.resumable + [None])  # then ask for new ones
     inflight: dict[str, Any] = {}

@@ -9,6 +9,7 @@ output) in `<root>/submitit/`. Tests use submitit's local executor
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from typing import Any
 
@@ -34,6 +35,15 @@ def parameters(partition: str | None, gpus: int, time_min: int, cpus: int, nodes
   if partition:
     params["slurm_partition"] = partition
   return params
+
+
+def parameters_from(args, defaults: dict[str, Any], root: str) -> dict[str, Any]:
+  """`parameters` from the sweep's flags (--partition, --gpus, ...), else the experiment's
+  SLURM defaults, else ours."""
+  pick = lambda key, fallback: (getattr(args, key) if getattr(args, key) is not None
+                                else defaults.get(key, fallback))
+  return parameters(pick("partition", None), pick("gpus", 0), pick("time", 240),
+                    pick("cpus", 8), pick("nodes", 1), name=os.path.basename(root))
 
 
 def submit(jobs: list[tuple[str, list[str], str]], folder: str, cwd: str, params: dict[str, Any],

@@ -189,8 +189,6 @@ class Sweep:
 
   def run_slurm(self, todo, defaults: dict) -> None:
     a = self.args
-    pick = lambda key, fallback: getattr(a, key) if getattr(a, key) is not None else defaults.get(
-        key, fallback)
     folder = os.path.join(self.root, "submitit")
     queued = [t for t in todo if self.manifest.trials[t.name].get("job_id")
               and self.manifest.trials[t.name].get("status") == "submitted"
@@ -198,8 +196,7 @@ class Sweep:
     for t in queued:
       print(f"queued {t.name}: job {self.manifest.trials[t.name]['job_id']}", flush=True)
     todo = [t for t in todo if t not in queued]
-    params = slurm.parameters(pick("partition", None), pick("gpus", 0), pick("time", 240),
-                              pick("cpus", 8), pick("nodes", 1), name=os.path.basename(self.root))
+    params = slurm.parameters_from(a, defaults, self.root)
     for t in todo:
       os.makedirs(self.workdir(t.name), exist_ok=True)
     jobs = slurm.submit([(t.name, self.manifest.trials[t.name]["command"],
@@ -269,38 +266,27 @@ def run(args, trials, described: dict) -> int:
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  if args.search:
-    return _search(args)
-  try:
-    trials = trials_lib.expand(args.config, args.sweep, args.seeds)
-    described = trials_lib.describe(trials_lib.split_spec(args.config)[0])
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
   if args.max_parallel < 1:
     print(f"error: --max-parallel must be at least 1, got {args.max_parallel}", file=sys.stderr)
     return 2
-  if args.backend == "print":
-    print_commands(args, trials)
-    return 0
+  if args.search:
+    from launch import search  # pylint: disable=g-import-not-at-top  # it imports this module
+    work = lambda: search.run(args)
+  else:
+    try:
+      trials = trials_lib.expand(args.config, args.sweep, args.seeds)
+      described = trials_lib.describe(trials_lib.split_spec(args.config)[0])
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    if args.backend == "print":
+      print_commands(args, trials)
+      return 0
+    work = lambda: run(args, trials, described)
   try:
     # For the sweep's whole life (a slurm one: while it submits and records): one per root.
     with lock.hold(os.path.abspath(args.root), what="sweep root"):
-      return run(args, trials, described)
-  except lock.LockError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-
-
-def _search(args) -> int:
-  """--search=optuna: launch/search.py, under the same root lock as a grid."""
-  from launch import search  # pylint: disable=g-import-not-at-top  # it imports this module
-  if args.max_parallel < 1:
-    print(f"error: --max-parallel must be at least 1, got {args.max_parallel}", file=sys.stderr)
-    return 2
-  try:
-    with lock.hold(os.path.abspath(args.root), what="sweep root"):
-      return search.run(args)
+      return work()
   except lock.LockError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

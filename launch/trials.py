@@ -34,7 +34,7 @@ class Trial:
     """(experiment file, its `key=value,...` argument): the spec's, then this trial's."""
     path, args = split_spec(config_spec)
     args.update({k: str(v) for k, v in self.overrides.items() if "." not in k and k != "seed"})
-    return path, ",".join(f"{k}={v}" for k, v in args.items())
+    return path, join_args(args)
 
   def command(self, config_spec: str, workdir: str, python: str = sys.executable) -> list[str]:
     """The trainer command line for this trial."""
@@ -46,16 +46,20 @@ class Trial:
             *flags, f"--workdir={workdir}"]
 
 
-def split_spec(config_spec: str) -> tuple[str, dict[str, str]]:
-  """'experiments/x.py:a=1,b=2' -> ('experiments/x.py', {'a': '1', 'b': '2'})."""
+def split_spec(config_spec: str) -> tuple[str, dict[str, str | None]]:
+  """'experiments/x.py:a=1,b' -> ('experiments/x.py', {'a': '1', 'b': None}); a bare name
+  (a boolean argument set to True) stays bare for the experiment's parse_arg to check."""
   path, _, arg = config_spec.partition(":")
   args = {}
   for item in filter(None, arg.split(",")):
     key, sep, value = item.partition("=")
-    if not sep:
-      raise ValueError(f"--config argument {item!r} is not key=value")
-    args[key] = value
+    args[key] = value if sep else None
   return path, args
+
+
+def join_args(args: dict[str, str | None]) -> str:
+  """The inverse of split_spec's argument dict: 'a=1,b'."""
+  return ",".join(k if v is None else f"{k}={v}" for k, v in args.items())
 
 
 def trial_name(overrides: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ and the program, so it never serves a stale executable. Override its place
 with JAX_COMPILATION_CACHE_DIR.
 """
 import os
+import time
 
 import jax
 import numpy as np
@@ -43,3 +44,18 @@ def _numeric_grad(f, *args, eps=1e-6):
 def numeric_grad():
   """`numeric_grad(f, *arrays)`: finite-difference gradients, the reference for jax.grad."""
   return _numeric_grad
+
+
+def _wait_for(path, proc, timeout=300):
+  """Until `path` exists (the run reached that point); fails if `proc` ends first."""
+  deadline = time.monotonic() + timeout
+  while not os.path.exists(path):
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    assert time.monotonic() < deadline, f"{path} never appeared"
+    time.sleep(0.2)
+
+
+@pytest.fixture
+def wait_for():
+  """`wait_for(path, process)`: polls for a file a subprocess writes (a checkpoint)."""
+  return _wait_for

@@ -1,6 +1,7 @@
 """`python -m attention_jax.predict` on tiny trained runs: outputs against the task's own
 decoding, scores against a NumPy greedy loop, beams, inputs, formats, heatmaps, errors, and
 a workdir left exactly as it was."""
+import io
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from attention_jax import data, tasks
+from attention_jax import data, predict_io, tasks
 from attention_jax.data.vocab import BOS_ID, EOS_ID
 from attention_jax.train import evaluators
 
@@ -123,30 +124,34 @@ def test_greedy_equals_the_tasks_decode_and_scores_its_log_probability(data_dir,
              for r in results)
 
 
-def test_beam_nbest_sorted_and_beam_of_one_is_greedy(data_dir, rnn):
+def test_beam_nbest_sorted_and_the_first_is_the_tasks_beam(data_dir, rnn):
+  config, task, params = _load(data_dir, rnn, 6)
   inputs = ["123", "98765", "5"]
-  nbest = _json(_predict(data_dir, rnn, "--format=json", "--decode=beam", "--beam_size=4",
-                         "--nbest=3", "--alpha=0", *inputs))
-  best = _predict(data_dir, rnn, "--decode=beam", "--beam_size=4", "--alpha=0", *inputs)
-  assert best.returncode == 0, best.stderr
-  for result, line in zip(nbest, best.stdout.splitlines(), strict=True):
+  proc = _predict(data_dir, rnn, "--format=json", "--decode=beam", "--beam_size=4", "--nbest=3",
+                  "--alpha=0", "--max_len=12", stdin="\n".join(inputs) + "\n")
+  nbest = _json(proc)
+  assert [r["input"] for r in nbest] == inputs  # read from stdin, in order
+  batch = predict_io.make_batch(task.dataset, inputs)
+  best = task.predict(params, batch, method="beam", beam_size=4, alpha=0.0, max_len=12)
+  for result, row in zip(nbest, best, strict=True):
     scores = [h["score"] for h in result["nbest"]]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)  # alpha 0: by log p
     assert len({h["prediction"] for h in result["nbest"]}) == 3
-    assert line == f"{result['prediction']}\t{result['score']:.4f}"  # task.predict's best
-  one = _predict(data_dir, rnn, "--decode=beam", "--beam_size=1", *inputs)
-  greedy = _predict(data_dir, rnn, *inputs)
-  assert one.stdout == greedy.stdout and len(greedy.stdout.splitlines()) == 3
+    assert result["prediction"] == task.text(row)  # the evaluators' beam search's best
 
 
-def test_stdin_and_file_inputs(data_dir, rnn, tmp_path):
+def test_inputs_from_arguments_a_file_or_stdin(tmp_path, monkeypatch):
   inputs = ["31", "4159", "26535"]
-  arguments = _predict(data_dir, rnn, *inputs)
-  assert arguments.returncode == 0, arguments.stderr
   path = tmp_path / "inputs.txt"
   path.write_text("\n".join(inputs) + "\n")
-  assert _predict(data_dir, rnn, f"--input={path}").stdout == arguments.stdout
-  assert _predict(data_dir, rnn, stdin="\n".join(inputs) + "\n").stdout == arguments.stdout
+  assert predict_io.read_inputs(inputs, None) == inputs
+  assert predict_io.read_inputs([], str(path)) == inputs
+  monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(inputs) + "\n"))
+  assert predict_io.read_inputs([], None) == inputs
+  with pytest.raises(predict_io.PredictError, match="not both"):
+    predict_io.read_inputs(inputs, str(path))
+  with pytest.raises(predict_io.PredictError, match="cannot read --input="):
+    predict_io.read_inputs([], str(tmp_path / "missing.txt"))
 
 
 def test_heatmaps_written_and_workdir_unchanged(data_dir, rnn, tmp_path):

@@ -69,6 +69,13 @@ def test_command_merges_spec_arguments_overrides_and_seed(spec):
       "--config.optim.learning_rate=0.003", "--config.seed=1", "--workdir=/w"]
 
 
+def test_a_bare_boolean_argument_reaches_the_trainer_bare(spec):
+  trial = trials.expand(spec + ":smoke,score=general", sweep="zipped")[0]
+  assert trials.split_spec(spec + ":smoke,score=dot") == (spec, {"smoke": None, "score": "dot"})
+  assert trial.overrides["score"] == "dot"  # the trial's own value wins over the spec's
+  assert trial.command(spec + ":smoke,score=general", "/w")[3] == f"--config={spec}:smoke,score=dot"
+
+
 @pytest.mark.parametrize("overrides", [
     {"data.name": "cmudict_g2p/no_stress", "note": "a/b c"},
     {"x": "1,y=2"},

@@ -137,17 +137,8 @@ def test_non_finite_loss_stops_and_keeps_good_checkpoints(data_dir, tmp_path):
     assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(params))
 
 
-def _wait_for(path, proc, timeout=300):
-  """Until `path` exists (the run reached that point) or the process ends."""
-  deadline = time.monotonic() + timeout
-  while not os.path.exists(path):
-    assert proc.poll() is None, proc.stderr.read()[-2000:]
-    assert time.monotonic() < deadline, f"{path} never appeared"
-    time.sleep(0.2)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_interrupted_run_resumes_to_the_same_parameters(sig, data_dir, tmp_path):
+def test_interrupted_run_resumes_to_the_same_parameters(sig, data_dir, tmp_path, wait_for):
   flags = [*COPY, "--config.train.steps=8", "--config.train.checkpoint_every=2",
            "--config.evals.dev.every=8", "--config.model.dropout_rate=0.1"]
   config = f"{G2P}:smoke=True"
@@ -156,7 +147,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(sig, data_dir, tmp_path)
   interrupted = tmp_path / "interrupted"
   proc = subprocess.Popen(_command(config, interrupted, *flags), cwd=ROOT, env=_env(data_dir),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  _wait_for(interrupted / "checkpoints" / "2" / "commit_success.txt", proc)
+  wait_for(interrupted / "checkpoints" / "2" / "commit_success.txt", proc)
   proc.send_signal(sig)
   out, _ = proc.communicate(timeout=300)
   if sig == signal.SIGTERM:

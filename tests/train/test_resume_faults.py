@@ -73,15 +73,6 @@ def _errors(stderr):
   return [line for line in stderr.splitlines() if line.startswith(("warning:", "error:"))]
 
 
-def _wait_for(path, proc, timeout=300):
-  """Until `path` exists (the run reached that point) or the process ends."""
-  deadline = time.monotonic() + timeout
-  while not os.path.exists(path):
-    assert proc.poll() is None, proc.stderr.read()[-2000:]
-    assert time.monotonic() < deadline, f"{path} never appeared"
-    time.sleep(0.2)
-
-
 def _snapshot(directory):
   """{relative path: bytes} of every file under `directory` (but the run's lock file)."""
   out = {}
@@ -273,11 +264,12 @@ def test_history_drops_a_torn_tail_and_refuses_a_torn_middle(tmp_path, capsys):
 # --- Ctrl-C -------------------------------------------------------------------------------
 
 
-def test_sigint_saves_exits_130_and_resumes_to_the_same_parameters(straight, data_dir, tmp_path):
+def test_sigint_saves_exits_130_and_resumes_to_the_same_parameters(straight, data_dir, tmp_path,
+                                                                   wait_for):
   workdir = tmp_path / "run"
   proc = subprocess.Popen(_command(workdir, *FLAGS), cwd=ROOT, env=_env(data_dir),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  _wait_for(workdir / "checkpoints" / "2" / "commit_success.txt", proc)
+  wait_for(workdir / "checkpoints" / "2" / "commit_success.txt", proc)
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 130, err[-3000:]
