@@ -70,7 +70,7 @@ def _records(path: str, repair: bool) -> list[dict]:
       ended = False
       lines.pop()
   if not ended and repair:
-    _rewrite(path, b"".join(line + b"\n" for line in lines))
+    _end_after(path, lines)
   return rows
 
 
@@ -85,12 +85,15 @@ def _record(line: bytes) -> dict:
   return row
 
 
-def _rewrite(path: str, content: bytes) -> None:
-  """Replaces the file in place (the MetricWriter appends to the same inode later)."""
+def _end_after(path: str, lines: list[bytes]) -> None:
+  """Cuts the file after `lines` (its whole records) and ends it with a newline, in place:
+  only the torn tail changes, and the MetricWriter appends to the same inode later."""
+  keep = len(b"\n".join(lines))
   with open(path, "r+b") as f:
-    f.seek(0)
-    f.write(content)
-    f.truncate()
+    f.truncate(keep)
+    if lines:
+      f.seek(keep)
+      f.write(b"\n")
 
 
 def best(history: list[tuple[int, dict]], metric: str) -> tuple[int | None, dict]:
