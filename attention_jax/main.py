@@ -7,8 +7,24 @@ Flags only; the work is in `attention_jax.train.loop`. A bad config exits
 with code 2 and one line naming the key, before anything is written.
 """
 import os
+import signal
 import sys
 
+INTERRUPTED = "interrupted; rerun the command to resume from the last checkpoint"
+
+
+def _interrupted(signum, frame):
+  """Ctrl-C outside the training steps (imports, building data, compiling, the final
+  evaluations), where the training loop's own handler is not installed: there is nothing
+  to save beyond the last checkpoint, so one line and exit 130, not a traceback."""
+  del signum, frame
+  print(INTERRUPTED, file=sys.stderr, flush=True)
+  os._exit(130)  # pylint: disable=protected-access  # a traceback-free exit from any frame
+
+
+signal.signal(signal.SIGINT, _interrupted)  # before the imports below, which take seconds
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
@@ -77,8 +93,8 @@ def main(argv):
   except loop.RunError as e:  # after training began: the message says what is kept
     print(f"error: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
-  except KeyboardInterrupt:  # Ctrl-C outside the training steps (data, compiling, evals)
-    print("interrupted; rerun the command to resume from the last checkpoint", file=sys.stderr)
+  except KeyboardInterrupt:  # a second Ctrl-C while the loop was saving after the first
+    print(INTERRUPTED, file=sys.stderr)
     sys.exit(130)
   if result and jax.process_index() == 0:
     final = result["final"]

@@ -194,3 +194,26 @@ def test_every_attention_kind_trains_from_its_config(attention, score, dtype, da
     assert result["heatmaps"] is None  # no attention, nothing to draw
   else:
     assert os.listdir(result["heatmaps"]) == ["example_0_alignment.png"]
+
+
+def test_ctrl_c_while_building_data_is_one_line_and_the_rerun_builds_again(tmp_path):
+  """SIGINT before training (here: while the data set is built) exits 130 with one line,
+  no traceback and no workdir; the rerun removes the interrupted build and trains."""
+  data_dir, workdir = tmp_path / "data", tmp_path / "run"
+  proc = subprocess.Popen(_command(f"{G2P}:smoke", workdir, *COPY), cwd=ROOT,
+                          env=_env(str(data_dir)), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 300
+  while not glob.glob(str(data_dir / "algorithmic" / "copy" / "incomplete.*")):
+    assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+  assert err.strip().splitlines()[-1] == ("interrupted; rerun the command to resume from the "
+                                          "last checkpoint")
+  assert not workdir.exists()
+  rerun = _run(str(data_dir), f"{G2P}:smoke", workdir, *COPY)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "left by an interrupted build" in rerun.stderr
+  assert not glob.glob(str(data_dir / "algorithmic" / "copy" / "incomplete.*"))
