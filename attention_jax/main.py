@@ -22,7 +22,8 @@ def _interrupted(signum, frame):
   os._exit(130)  # pylint: disable=protected-access  # a traceback-free exit from any frame
 
 
-signal.signal(signal.SIGINT, _interrupted)  # before the imports below, which take seconds
+if __name__ == "__main__":  # the command only: an importer keeps its own Ctrl-C
+  signal.signal(signal.SIGINT, _interrupted)  # before the imports below, which take seconds
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags, logging
