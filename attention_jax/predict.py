@@ -1,14 +1,17 @@
 r"""Decode inputs with a trained run: one prediction and its log-probability per line.
 
     python -m attention_jax.predict --workdir=runs/g2p [--checkpoint=best|latest|STEP] \
-        [--decode=greedy|beam] [--beam_size=K] [--nbest=N] [--max_len=L] [--heatmap=DIR] \
-        [--format=text|json] [--input=FILE] [inputs ...]
+        [--decode=greedy|beam|sample] [--beam_size=K] [--nbest=N] [--max_len=L] \
+        [--temperature=T] [--seed=S] [--heatmap=DIR] [--format=text|json] [--input=FILE] \
+        [inputs ...]
 
 Inputs come from the arguments, else `--input=FILE`, else stdin, one per line. The run's
 `config.json` gives the model and the data set (whose vocabularies encode the inputs, as
 the trainer opens them). A score is log p(output | input) summed over the output's tokens
-(EOS included), from one teacher-forced pass over the decoded output. Nothing is written
-into the workdir. A mistake exits with code 2 and one line naming it.
+(EOS included), from one teacher-forced pass over the decoded output. For the lm task an
+input is a prompt and the prediction its continuation (greedy or sampled; its score is
+log p(continuation | prompt)). Nothing is written into the workdir. A mistake exits with
+code 2 and one line naming it.
 """
 from __future__ import annotations
 
@@ -25,13 +28,17 @@ import numpy as np
 from attention_jax import data, tasks
 from attention_jax.predict_io import PredictError
 from attention_jax import predict_io as io_lib
+from attention_jax import predict_lm
 from attention_jax.train import checkpoint, optim, partition, setup
 from attention_jax.viz import heatmaps
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory (read only).")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "latest", "latest, best (the best evaluation's, when the run kept it) or a step.")
-_DECODE = flags.DEFINE_enum("decode", "greedy", ["greedy", "beam"], "Decoding.")
+_DECODE = flags.DEFINE_enum("decode", "greedy", ["greedy", "beam", "sample"],
+                            "Decoding: greedy or beam (seq2seq); greedy or sample (lm).")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "lm sampling temperature.")
+_SEED = flags.DEFINE_integer("seed", 0, "lm sampling: input i draws with key(seed) folded with i.")
 _BEAM_SIZE = flags.DEFINE_integer("beam_size", 4, "Beams (--decode=beam).")
 _NBEST = flags.DEFINE_integer("nbest", 1, "Print the N best beams (--decode=beam, N <= beam_size).")
 _ALPHA = flags.DEFINE_float(
@@ -171,10 +178,23 @@ def draw(task, params, batch: dict, step: int, offset: int) -> None:
     heatmaps.save_figure(fig, os.path.join(_HEATMAP.value, f"input_{offset + int(i)}_{kind}.png"))
 
 
+def predict_lm_one(task, params, text: str, step: int, index: int) -> dict:
+  """Input `index`'s continuation (lm); draws its prompt and continuation's attention."""
+  rng = jax.random.fold_in(jax.random.key(_SEED.value), index)
+  result = predict_lm.predict_one(task, params, text, method=_DECODE.value,
+                                  max_len=_MAX_LEN.value, temperature=_TEMPERATURE.value, rng=rng)
+  if _HEATMAP.value:
+    tokens = task.dataset.target_vocab.encode(text + result["prediction"])
+    draw(task, params, {"inputs": np.asarray([tokens], np.int32)}, step, index)
+  return result
+
+
 def check_flags(task) -> None:
-  if task.name != "seq2seq":
-    raise PredictError(f"task {task.name!r} (continuing a prompt) is not supported by predict "
-                       "yet: its predict takes one prompt length for the whole batch")
+  if _DECODE.value not in task.decodes:
+    raise PredictError(f"--decode={_DECODE.value} is not a decoding of task {task.name!r}; "
+                       f"known: {', '.join(task.decodes)}")
+  if _TEMPERATURE.value <= 0:
+    raise PredictError(f"--temperature must be positive, got {_TEMPERATURE.value}")
   if _BEAM_SIZE.value < 1 or _NBEST.value < 1 or _MAX_LEN.value < 0:
     raise PredictError("--beam_size and --nbest must be at least 1, --max_len at least 0")
   if _NBEST.value > 1 and (_DECODE.value != "beam" or _NBEST.value > _BEAM_SIZE.value):
@@ -191,8 +211,11 @@ def run(workdir: str, args: list[str]) -> list[dict]:
   texts = io_lib.read_inputs(args, _INPUT.value)
   if not texts:
     raise PredictError("no inputs: give them as arguments, with --input=FILE or on stdin")
-  io_lib.check_inputs(task.dataset, texts, input_limit(task.model))
+  vocab = task.dataset.target_vocab if task.name == "lm" else task.dataset.input_vocab
+  io_lib.check_inputs(vocab, texts, input_limit(task.model))
   params = restore_params(config, task, workdir, name, step)
+  if task.name == "lm":
+    return [predict_lm_one(task, params, text, step, i) for i, text in enumerate(texts)]
   size = config.data.eval_batch_size
   return [r for i in range(0, len(texts), size)
           for r in predict_chunk(task, params, texts[i:i + size], step, i)]

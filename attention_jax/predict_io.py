@@ -81,15 +81,16 @@ def unknown_symbols(vocab, text: str) -> list[str]:
   return sorted({s for s, i in zip(split(text), ids) if i == UNK_ID})
 
 
-def check_inputs(dataset, texts: Sequence[str], limit: int | None) -> None:
-  """A PredictError naming the input and what is wrong: unknown symbols, or more ids
-  (EOS included) than the model's `limit`."""
+def check_inputs(vocab, texts: Sequence[str], limit: int | None) -> None:
+  """A PredictError naming the input and what is wrong: symbols outside `vocab` (the
+  source's; the lm's own for a prompt), or more ids (EOS included) than the model's
+  `limit`."""
   for text in texts:
-    bad = unknown_symbols(dataset.input_vocab, text)
+    bad = unknown_symbols(vocab, text)
     if bad:
       raise PredictError(f"input {text!r} has symbols outside the vocabulary: "
                          f"{', '.join(map(repr, bad))}")
-    length = len(dataset.tokenize({"inputs": text, "targets": ""})[0]) + 1
+    length = len(vocab.encode(text)) + 1
     if limit is not None and length > limit:
       raise PredictError(f"input {text!r} is {length} tokens long with EOS, longer than the "
                          f"model's limit of {limit} (model.max_len)")

@@ -32,9 +32,9 @@ def _env(data_dir):
   return dict(os.environ, ATTENTION_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
 
 
-def _train(data_dir, workdir, experiment, *extra):
+def _train(data_dir, workdir, experiment, *extra, data_flags=tuple(COPY)):
   command = [sys.executable, "-m", "attention_jax.main", f"--config={experiment}:smoke=True",
-             f"--workdir={workdir}", *COPY, *extra]
+             f"--workdir={workdir}", *data_flags, *extra]
   proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=_env(data_dir),
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -80,7 +80,9 @@ def _load(data_dir, workdir, step):
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(
         {k: v for k, v in json.load(f).items() if not k.startswith("_")})
-  task = tasks.build_task(config, data.get_dataset(config.data.name, data_dir=data_dir))
+  dataset = data.get_dataset(config.data.name, data_dir=data_dir,
+                             manual_dir=config.data.manual_dir)
+  task = tasks.build_task(config, dataset)
   path = os.path.join(workdir, "checkpoints", str(step), "state")
   return config, task, ocp.StandardCheckpointer().restore(path)["params"]
 
@@ -216,3 +218,39 @@ def test_transformer_best_checkpoint_long_input_and_heatmaps(data_dir, transform
   assert long.returncode == 2 and len(long.stderr.strip().splitlines()) == 1
   assert "71 tokens" in long.stderr and "limit of 64" in long.stderr
   assert _listing(transformer) == before
+
+
+@pytest.fixture(scope="module")
+def lm(data_dir, tmp_path_factory):
+  """The character LM (experiments/lm_chars.py smoke) on a corpus of fortunes written here."""
+  corpus = tmp_path_factory.mktemp("fortunes")
+  quips = ["A fool and his money are soon parted.", "Time flies like an arrow."]
+  (corpus / "quips").write_text("\n%\n".join(f"{quips[i % 2]} (no. {i})" for i in range(80)))
+  return _train(data_dir, tmp_path_factory.mktemp("lm") / "W", "experiments/lm_chars.py",
+                f"--config.data.manual_dir={corpus}", "--config.data.batch_size=8",
+                "--config.data.eval_batch_size=8", data_flags=())
+
+
+def test_lm_continues_prompts_as_a_full_forward_argmax_does(data_dir, lm):
+  """Greedy continuations through the KV cache equal an argmax loop over full forward passes
+  of the growing sequence; the score is the NumPy log-softmax sum of what that loop chose."""
+  config, task, params = _load(data_dir, lm, 6)
+  prompts = ["A fool", "Time"]
+  results = _json(_predict(data_dir, lm, "--format=json", "--max_len=12", *prompts))
+  vocab = task.dataset.target_vocab
+  for prompt, result in zip(prompts, results, strict=True):
+    tokens, log_p = vocab.encode(prompt), 0.0
+    for _ in range(12):
+      logits = np.asarray(task.model.apply({"params": params}, np.asarray([tokens])),
+                          np.float64)[0, -1]
+      logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+      tokens.append(int(logp.argmax()))
+      log_p += logp[tokens[-1]]
+      if tokens[-1] == EOS_ID:
+        break
+    continuation = tokens[len(vocab.encode(prompt)):]
+    assert result["prediction"] == task.text([t for t in continuation if t != EOS_ID])
+    np.testing.assert_allclose(result["score"], log_p, rtol=1e-5)
+  wrong = _predict(data_dir, lm, "--decode=beam", "Time")
+  assert wrong.returncode == 2 and wrong.stderr == (
+      "error: --decode=beam is not a decoding of task 'lm'; known: sample, greedy\n")
