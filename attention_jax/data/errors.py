@@ -4,7 +4,7 @@
 def first_line(error: BaseException) -> str:
   """`error` as one short line (the CLI prints one line; C++ readers' messages span several)."""
   lines = str(error).strip().splitlines()
-  return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+  return f"{type(error).__name__}: {lines[0]}"[:300] if lines else type(error).__name__
 
 
 class DataError(Exception):

@@ -31,6 +31,8 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src import asyncio_utils
 
+from attention_jax.data.errors import first_line
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be read or written; the message is one line."""
@@ -44,10 +46,9 @@ class WriteError(CheckpointError):
   """A save failed."""
 
 
-def describe(e: BaseException) -> str:
-  """`Type: first line` of an exception, for one-line reports."""
-  lines = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
+def disk_full_error(path: str, last_good: str) -> str:
+  """The one line for a full disk under `path`, and what is kept."""
+  return f"no space left on device while writing {path}; {last_good}"
 
 
 def disk_full(e: BaseException | None) -> bool:
@@ -164,11 +165,15 @@ class Checkpoints:
     if jax.process_index() == 0:
       for partial in glob.glob(f"{path}.orbax-checkpoint-tmp*"):  # frees the space it took
         shutil.rmtree(partial, ignore_errors=True)
-    last = ("no checkpoint was saved" if self.good is None
-            else f"the last good checkpoint is step {self.good} in {self.directory}")
     if disk_full(e):
-      return WriteError(f"no space left on device while writing {path}; {last}")
-    return WriteError(f"could not write {path} ({describe(e)}); {last}")
+      return WriteError(disk_full_error(path, self.last_good()))
+    return WriteError(f"could not write {path} ({first_line(e)}); {self.last_good()}")
+
+  def last_good(self) -> str:
+    """Where the run can resume from, for messages."""
+    if self.good is None:
+      return "no checkpoint was saved"
+    return f"the last good checkpoint is step {self.good} in {self.directory}"
 
   def restore(self, state_like: Any, step: int | None = None,
               accept: Callable[[dict], None] | None = None) -> tuple[Any, dict, int]:
@@ -185,7 +190,7 @@ class Checkpoints:
         if accept is not None:
           accept(data_state)
       except Exception as e:  # orbax, tensorstore and json raise many types for a bad file
-        damaged.append(f"{os.path.join(self.directory, str(s))} ({describe(e)})")
+        damaged.append(f"{os.path.join(self.directory, str(s))} ({first_line(e)})")
         _warn(f"checkpoint {damaged[-1]} is damaged")
         continue
       self._set_aside([d for d in steps if d > s], s)

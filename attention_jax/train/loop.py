@@ -249,8 +249,8 @@ class Run:
     except OSError as e:
       if not checkpoint.disk_full(e):
         raise
-      raise StorageError(f"no space left on device while writing {e.filename or self.workdir}; "
-                         f"{self.last_good()}") from None
+      raise StorageError(checkpoint.disk_full_error(e.filename or self.workdir,
+                                                    self.last_good())) from None
 
   def _on_signal(self, signum, frame) -> None:
     """SIGTERM or SIGINT: stop after this step and save it; a second Ctrl-C stops now."""
@@ -259,9 +259,7 @@ class Run:
     self.stop = "sigint" if signum == signal.SIGINT else "sigterm"
 
   def last_good(self) -> str:
-    if self.ckpt.good is None:
-      return "no checkpoint was saved"
-    return f"the last good checkpoint is step {self.ckpt.good} in {self.ckpt.directory}"
+    return self.ckpt.last_good()
 
   def _train(self) -> None:
     for ev in self.evals.values():
@@ -386,7 +384,6 @@ class Run:
     if errors:
       e = errors[0]
       if isinstance(e, OSError) and checkpoint.disk_full(e):
-        raise StorageError(f"no space left on device while writing {e.filename}; "
-                           f"{self.last_good()}")
+        raise StorageError(checkpoint.disk_full_error(e.filename, self.last_good()))
       raise StorageError(str(e) if isinstance(e, checkpoint.CheckpointError)
                          else f"{e.filename}: {e.strerror}")
