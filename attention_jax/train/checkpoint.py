@@ -162,12 +162,20 @@ class Checkpoints:
   def _failed(self, step: int, e: Exception) -> WriteError:
     """The one-line error for a failed save of `step`; removes its partial directory."""
     path = os.path.join(self.directory, str(step))
-    if jax.process_index() == 0:
-      for partial in glob.glob(f"{path}.orbax-checkpoint-tmp*"):  # frees the space it took
-        shutil.rmtree(partial, ignore_errors=True)
+    try:  # a save that failed in its synchronous part may still have writers running
+      self.manager.wait_until_finished()
+    except Exception:  # the same failure again
+      pass
+    self._remove_partials()
     if disk_full(e):
       return WriteError(disk_full_error(path, self.last_good()))
     return WriteError(f"could not write {path} ({first_line(e)}); {self.last_good()}")
+
+  def _remove_partials(self) -> None:
+    """Deletes the temporary directories of failed saves, freeing the space they took."""
+    if jax.process_index() == 0:
+      for partial in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+        shutil.rmtree(partial, ignore_errors=True)
 
   def last_good(self) -> str:
     """Where the run can resume from, for messages."""
@@ -244,3 +252,4 @@ class Checkpoints:
         self.manager.close()
       except Exception:  # the failed save again: _settle or save reported it already
         pass
+      self._remove_partials()  # all writers have stopped: whatever is left is partial
