@@ -59,3 +59,19 @@ def _wait_for(path, proc, timeout=300):
 def wait_for():
   """`wait_for(path, process)`: polls for a file a subprocess writes (a checkpoint)."""
   return _wait_for
+
+
+@pytest.fixture(scope="session")
+def spoken_digit_recordings(tmp_path_factory):
+  """A manual dir of FSDD-like recordings: 0.1 s 8 kHz tones, one pitch per digit, 2
+  speakers, indices 0-11 (0-4 test, 5-9 dev, 10-11 train); never the real recordings."""
+  import soundfile  # pylint: disable=g-import-not-at-top
+  directory = tmp_path_factory.mktemp("fsdd")
+  t = np.arange(800) / 8000
+  for digit in range(10):
+    for s, speaker in enumerate(("alice", "bob")):
+      for index in range(12):
+        tone = (0.2 + 0.1 * s) * np.sin(2 * np.pi * (300 + 200 * digit) * t + index)
+        soundfile.write(str(directory / f"{digit}_{speaker}_{index}.wav"), tone, 8000,
+                        subtype="PCM_16")
+  return str(directory)

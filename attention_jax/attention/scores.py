@@ -114,6 +114,63 @@ def location(query: Array, keys: Array, *, w: Array, b: Array | None = None) -> 
   return jnp.broadcast_to(logits, batch + logits.shape[-2:])
 
 
+def location_features(previous: Array, filters: Array) -> Array:
+  """f = F * alpha (Chorowski et al. 2015): the previous alignment convolved over the keys.
+
+  f[..., i, j, c] = sum_w filters[w, c] * previous[..., i, j + w - width // 2], zero
+  outside [0, kv_len) ("same" padding; written as a cross-correlation, the usual
+  deep-learning convolution, which is the same function of a learned F).
+
+  Args:
+    previous: `[..., q_len, kv_len]`, the alignment of the previous decoder step.
+    filters: `[width, channels]`, width odd so the window is centred on j.
+
+  Returns:
+    `[..., q_len, kv_len, channels]`.
+  """
+  width, kv_len = filters.shape[0], previous.shape[-1]
+  if width % 2 == 0:
+    raise ValueError(f"location_aware score: filter width must be odd, got {width}")
+  half = width // 2
+  padded = jnp.pad(previous, [(0, 0)] * (previous.ndim - 1) + [(half, half)])
+  # Width shifted copies of the alignment: a small, fixed number of slices, no conv op needed.
+  windows = jnp.stack([padded[..., w:w + kv_len] for w in range(width)], axis=-1)
+  return windows @ filters
+
+
+def location_aware(query: Array, keys: Array, *, previous: Array, filters: Array, w_q: Array,
+                   w_k: Array, w_f: Array, v: Array, b: Array | None = None) -> Array:
+  """Location-aware ("hybrid") v^T tanh(W_q q + W_k k_j + W_f f_j + b) (Chorowski et al. 2015).
+
+  `additive` plus features f = F * alpha_{i-1} of the previous step's alignment
+  (`location_features`), so the score knows where the decoder attended last and
+  can move forward from there: content alone lets a long input repeat or skip.
+
+  Args:
+    previous: `[..., q_len, kv_len]` the previous alignment (broadcasts like the query);
+    filters: `[width, channels]` (width odd); w_q: `[d_q, d_a]`; w_k: `[d_k, d_a]`;
+    w_f: `[channels, d_a]`; v: `[d_a]`; b: optional `[d_a]`.
+  """
+  return location_aware_projected(query, keys @ w_k, previous=previous, filters=filters,
+                                  w_q=w_q, w_f=w_f, v=v, b=b)
+
+
+def location_aware_projected(query: Array, projected_keys: Array, *, previous: Array,
+                             filters: Array, w_q: Array, w_f: Array, v: Array,
+                             b: Array | None = None) -> Array:
+  """`location_aware` from projected keys: `projected_keys` = keys @ w_k `[..., kv_len, d_a]`.
+
+  As for `additive_projected`, W_k k does not change between decoder steps; the
+  location term does (it reads the previous alignment), so it is computed here.
+  """
+  q = query @ w_q  # [..., q_len, d_a]
+  location = location_features(previous, filters) @ w_f  # [..., q_len, kv_len, d_a]
+  hidden = q[..., :, None, :] + projected_keys[..., None, :, :] + location
+  if b is not None:
+    hidden = hidden + b
+  return jnp.tanh(hidden) @ v
+
+
 SCORES: dict[str, ScoreFn] = {
     "dot": dot,
     "scaled_dot": scaled_dot,
@@ -122,6 +179,7 @@ SCORES: dict[str, ScoreFn] = {
     "cosine": cosine,
     "pearson": pearson,
     "location": location,
+    "location_aware": location_aware,
 }
 
 

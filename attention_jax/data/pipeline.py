@@ -19,6 +19,10 @@ Each batch is a dict of NumPy arrays ([B] = batch_size, S and T = bucket lengths
 S and T are the smallest of a few bucket lengths (8, 16, 32, ..., the split's
 longest) that fit the batch, so jit compiles a handful of programs.
 
+Feature inputs (a data set with `feature_dim`, spoken_digits): `inputs` is
+float32 [B, S, feature_dim], the frames zero-padded, `input_lengths` the frame
+counts and S a bucket of frames; such inputs take no EOS (add_eos_to_inputs=False).
+
 Several processes: every process forms the same global batch of
 batch_size * process_count rows, pads it to one bucket shape, and keeps its own
 consecutive block of batch_size rows. So the global batch, and the training
@@ -87,10 +91,14 @@ class _Tokenize:
     if self._indices is not None:
       index = int(self._indices[index])
     inputs, targets = self._dataset.tokenize(record)
-    if self._add_eos:
-      inputs = inputs + [EOS_ID]
-    return {"inputs": np.asarray(inputs, np.int32),
-            "targets": np.asarray(targets + [EOS_ID], np.int32), "index": index}
+    if isinstance(inputs, np.ndarray) and inputs.ndim == 2:  # feature frames
+      inputs = inputs.astype(np.float32, copy=False)
+    else:
+      if self._add_eos:
+        inputs = inputs + [EOS_ID]
+      inputs = np.asarray(inputs, np.int32)
+    return {"inputs": inputs, "targets": np.asarray(targets + [EOS_ID], np.int32),
+            "index": index}
 
 
 class _PaddedBatches(grain.MapDataset):
@@ -103,8 +111,9 @@ class _PaddedBatches(grain.MapDataset):
   def __init__(self, parent: grain.MapDataset, *, batch_size: int, num_batches: int,
                input_buckets: Sequence[int], target_buckets: Sequence[int],
                max_lengths: tuple[int, int], sort_window: int, seed: int, strict: bool,
-               keep: slice = slice(None)):
+               keep: slice = slice(None), feature_dim: int | None = None):
     super().__init__(parent)
+    self._feature_dim = feature_dim  # None: int ids; else float frames of this size
     self._keep = keep
     self._max_lengths = max_lengths  # longest kept (inputs, targets), EOS included
     self._batch_size = batch_size
@@ -176,7 +185,9 @@ class _PaddedBatches(grain.MapDataset):
     s = _bucket(max([len(r["inputs"]) for r in real] or [1]), self._input_buckets)
     t = _bucket(max([len(r["targets"]) for r in real] or [1]), self._target_buckets)
     b = len(kept)
-    batch = {"inputs": np.full((b, s), PAD_ID, np.int32),
+    inputs = (np.full((b, s), PAD_ID, np.int32) if self._feature_dim is None
+              else np.zeros((b, s, self._feature_dim), np.float32))
+    batch = {"inputs": inputs,
              "input_lengths": np.zeros((b,), np.int32),
              "targets": np.full((b, t), PAD_ID, np.int32),
              "decoder_inputs": np.full((b, t), PAD_ID, np.int32),
@@ -256,7 +267,7 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
     input_buckets / target_buckets: padded lengths (EOS included); default
       `default_buckets` of the max lengths + 1.
     sort_window: batches per length-sorted window (0 or 1: no sorting); train only.
-    add_eos_to_inputs: end every input with EOS.
+    add_eos_to_inputs: end every input with EOS (must be False for feature inputs).
     process_index / process_count: this process's block of each batch (default from jax).
     num_threads / prefetch_batches: grain read threads and buffered batches (0 threads: none).
     indices: only these records of the split, in this order (an evaluator's sample);
@@ -272,6 +283,10 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
     max_target_length = max_target_length or found_out
   max_in = max_input_length + (1 if add_eos_to_inputs else 0)
   max_out = max_target_length + 1
+  feature_dim = getattr(dataset, "feature_dim", None)
+  if feature_dim and add_eos_to_inputs:
+    raise DataError(f"{dataset.name} has feature inputs, which take no EOS; pass "
+                    "add_eos_to_inputs=False.")
   input_buckets = tuple(input_buckets or default_buckets(max_in))
   target_buckets = tuple(target_buckets or default_buckets(max_out))
   shard, shards = process_shard(process_index, process_count)
@@ -296,7 +311,8 @@ def make_pipeline(dataset, split: str, *, batch_size: int, seed: int = 0, train:
                            input_buckets=input_buckets, target_buckets=target_buckets,
                            max_lengths=(max_in, max_out), sort_window=sort_window,
                            seed=derive_seed(seed, 1), strict=not train,
-                           keep=slice(shard * batch_size, (shard + 1) * batch_size))
+                           keep=slice(shard * batch_size, (shard + 1) * batch_size),
+                           feature_dim=feature_dim)
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
   return batches.to_iter_dataset(options)
 

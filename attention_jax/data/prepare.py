@@ -3,6 +3,7 @@
   python -m attention_jax.data.prepare cmudict_g2p            # both configs
   python -m attention_jax.data.prepare cmudict_g2p/no_stress algorithmic
   python -m attention_jax.data.prepare freedict_deu_eng --manual_dir /usr/share/dictd
+  python -m attention_jax.data.prepare spoken_digits --manual_dir DIR   # FSDD's recordings/
   python -m attention_jax.data.prepare all                    # everything buildable here
   python -m attention_jax.data.prepare algorithmic/copy --force   # delete and build again
 
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
   parser.add_argument("names", nargs="+", help="data set names, e.g. cmudict_g2p or algorithmic/sort, or all")
   parser.add_argument("--data_dir", default=None, help="root of prepared data sets")
   parser.add_argument("--manual_dir", default=None,
-                      help="directory with raw files (FreeDict, fortunes)")
+                      help="directory with raw files (FreeDict, fortunes, FSDD recordings)")
   parser.add_argument("--force", action="store_true",
                       help="delete the prepared data set and build it again")
   args = parser.parse_args(argv)

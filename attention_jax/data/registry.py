@@ -8,15 +8,20 @@ Names are `name` or `name/config`, as in TFDS:
   wmt14[/de-en]                          TFDS's wmt14_translate, prepared by the user
   fortunes                               Debian fortune cookies, character LM (manual_dir)
   tiny_shakespeare                       TFDS's tiny_shakespeare, prepared by the user
+  spoken_digits[/words|/digits|/unseen_speaker|/small]  connected FSDD digits, log-mel
+                                         (manual_dir; small: 256 train utterances, smoke runs)
 
 Every `Dataset` exposes the same records (inputs, targets, references as str),
-an input and a target vocabulary, and split names train / dev / test.
+an input and a target vocabulary, and split names train / dev / test
+(spoken_digits/unseen_speaker adds test_seen). `FeatureDataset` (spoken_digits)
+also gives the pipeline each record's float32 `features` [frames, feature_dim].
 """
 import dataclasses
 import os
 import shutil
 from typing import Any, Sequence
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from attention_jax.data import integrity, paths
@@ -25,6 +30,7 @@ from attention_jax.data.cmudict_g2p import CmudictG2p
 from attention_jax.data.errors import DamagedDataError, DataError, MissingDataError, first_line
 from attention_jax.data.fortunes import Fortunes, find_fortune_files
 from attention_jax.data.freedict import FreedictDeuEng, find_source_file
+from attention_jax.data.spoken_digits import SpokenDigits, check_source as check_recordings
 from attention_jax.data.text_builder import INPUT_VOCAB_FILE, TARGET_VOCAB_FILE
 from attention_jax.data.vocab import SentencePieceVocabulary, SymbolVocabulary
 
@@ -44,6 +50,8 @@ class Spec:
                                     # or "chars" (built from train when first asked for)
   vocab_size: int = 8000            # default SentencePiece size
   how_to_prepare: str = ""          # shown when the data set is missing and cannot be built here
+  input_kind: str = "text"          # "text", or "features": float arrays [frames, dim] the
+                                    # pipeline takes as inputs (`FeatureDataset`)
 
 
 DATASETS = {
@@ -69,10 +77,20 @@ DATASETS = {
             "--file_format=array_record --data_dir=DIR` and copy DIR's tiny_shakespeare/ into "
             "the data dir. Offline, `fortunes` (apt-get install fortunes) is the character-level "
             "corpus built here.")),
+    "spoken_digits": Spec(
+        SpokenDigits, "spoken_digits", ("words", "digits", "unseen_speaker", "small"),
+        split_names=(("train", "train"), ("dev", "dev"), ("test", "test"),
+                     ("test_seen", "test_seen")),  # test_seen: unseen_speaker only
+        input_kind="features"),
 }
 
-# Builders whose raw files are checked before TFDS creates any directory.
-_SOURCE_CHECKS = {FreedictDeuEng: find_source_file, Fortunes: find_fortune_files}
+# Builders whose raw files are checked before TFDS creates any directory:
+# check(manual_dir, config object or None) raises a one-line DataError.
+_SOURCE_CHECKS = {
+    FreedictDeuEng: lambda manual_dir, _: find_source_file(manual_dir, manual_dir is None),
+    Fortunes: lambda manual_dir, _: find_fortune_files(manual_dir, manual_dir is None),
+    SpokenDigits: check_recordings,
+}  # FreeDict and fortunes search their default dir only when no manual dir is given
 
 
 def parse_name(name: str) -> tuple[str, str]:
@@ -159,12 +177,19 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
     return make_builder(base, root, config)
   check = _SOURCE_CHECKS.get(spec.builder_cls)
   if check is not None:
-    check(manual_dir, search_default=manual_dir is None)  # fail early, clearly
+    check(manual_dir, _config_object(spec, config))  # fail early, clearly
   integrity.ensure_writable(root, _full_name(base, config))
   with integrity.build_lock(version_dir):
     if force and os.path.lexists(version_dir):
       shutil.rmtree(version_dir)
     return _build(base, root, manual_dir, config)
+
+
+def _config_object(spec: Spec, config):
+  """The BuilderConfig of a config name (None for builders without configs) or object."""
+  if isinstance(config, str):
+    return spec.builder_cls.builder_configs.get(config) if config else None
+  return config
 
 
 def _resolve(name: str, config) -> tuple[str, Any]:
@@ -225,13 +250,17 @@ class Dataset:
     return dict(self.builder.info.metadata or {})
 
   def source(self, split: str) -> "RecordSource":
-    if split not in self._splits:
-      raise DataError(f"Unknown split {split!r} of {self.name}; known: {', '.join(self._splits)}.")
+    """The records the pipeline reads (`tokenize` takes them)."""
+    return self._open(split, RecordSource)
+
+  def _open(self, split: str, source_cls) -> "RecordSource":
+    if split not in self.splits:  # a split of the spec may exist in one config only
+      raise DataError(f"Unknown split {split!r} of {self.name}; known: {', '.join(self.splits)}.")
     theirs = self._splits[split]
     tfds_source = self.builder.as_data_source(split=theirs)
     info = self.builder.info.splits[theirs]
     shards = [(os.fspath(p), n) for p, n in zip(info.filepaths, info.shard_lengths)]
-    return RecordSource(tfds_source, self.spec.fields, shards, self.fix)
+    return source_cls(tfds_source, self.spec.fields, shards, self.fix)
 
   def tokenize(self, record: dict) -> tuple[list[int], list[int]]:
     return self.input_vocab.encode(record["inputs"]), self.target_vocab.encode(record["targets"])
@@ -239,7 +268,7 @@ class Dataset:
   def texts(self, split: str) -> list[dict]:
     """All records of a split in order (cached): what evaluation compares against."""
     if split not in self._texts_cache:
-      src = self.source(split)
+      src = self._open(split, RecordSource)  # text fields only, whatever `source` adds
       chunk = 4096
       self._texts_cache[split] = [r for i in range(0, len(src), chunk)
                                   for r in src.getitems(range(i, min(i + chunk, len(src))))]
@@ -315,6 +344,35 @@ class RecordSource:
     return f"RecordSource({self._source!r})"
 
 
+class FeatureDataset(Dataset):
+  """A data set whose inputs are float feature frames (spoken_digits' log-mel).
+
+  `source(split)` records also hold `features`, float32 [frames, feature_dim];
+  `tokenize` returns (features, target ids) and the pipeline pads the frames.
+  `texts` keeps only the text fields (`inputs` names what was played), and
+  `max_lengths` counts frames (the builder's split stats).
+  """
+
+  @property
+  def feature_dim(self) -> int:
+    return int(self.builder.info.features["features"].shape[-1])
+
+  def source(self, split: str) -> "FeatureSource":
+    return self._open(split, FeatureSource)
+
+  def tokenize(self, record: dict) -> tuple[np.ndarray, list[int]]:
+    return record["features"], self.target_vocab.encode(record["targets"])
+
+
+class FeatureSource(RecordSource):
+  """`RecordSource` records plus `features`, float32 [frames, feature_dim]."""
+
+  def _convert(self, record: dict) -> dict:
+    out = super()._convert(record)
+    out["features"] = np.asarray(record["features"], np.float32)
+    return out
+
+
 def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | None = None,
                 tokenizer: str | None = None, vocab_size: int | None = None,
                 prepare_if_missing: bool = True, config=None) -> Dataset:
@@ -324,7 +382,8 @@ def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | Non
     name: 'cmudict_g2p', 'cmudict_g2p/no_stress', 'algorithmic/reverse', ... (see DATASETS).
     data_dir: root of prepared data; default from ATTENTION_JAX_DATA_DIR,
       TFDS_DATA_DIR or ~/tensorflow_datasets (see `paths`).
-    manual_dir: where raw files the builder cannot fetch live (FreeDict, fortunes).
+    manual_dir: where raw files the builder cannot fetch live (FreeDict, fortunes,
+      spoken_digits' FSDD recordings).
     tokenizer: "vocab" (characters / symbols of the train split, files built
       with the data), "sentencepiece", or "chars" (characters of the train
       split, built on first use and cached beside the data: for data sets
@@ -363,7 +422,8 @@ def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | Non
     in_vocab, out_vocab = _chars(dataset, "inputs"), _chars(dataset, "targets")
   else:
     raise DataError(f"Unknown tokenizer {tokenizer!r}; known: {', '.join(TOKENIZERS)}.")
-  return Dataset(name, builder, spec, in_vocab, out_vocab)
+  dataset_cls = FeatureDataset if spec.input_kind == "features" else Dataset
+  return dataset_cls(name, builder, spec, in_vocab, out_vocab)
 
 
 def _fix(spec: Spec, name: str, builder) -> str:

@@ -80,6 +80,7 @@ class TextToTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
             "inputs": tfds.features.Text(),
             "targets": tfds.features.Text(),
             "references": tfds.features.Sequence(tfds.features.Text()),
+            **self._extra_features(),
         }),
         # Records keep the generator's order; the grain pipeline shuffles.
         disable_shuffling=True,
@@ -87,6 +88,10 @@ class TextToTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         citation=self.CITATION,
         metadata=tfds.core.MetadataDict(),
     )
+
+  def _extra_features(self) -> dict:
+    """Record fields beside the three texts (none here)."""
+    return {}
 
   @abc.abstractmethod
   def _make_splits(self, dl_manager) -> tuple[dict[str, list[Row]], dict]:

@@ -50,13 +50,17 @@ def _take(seqs: Array, indices: Array) -> Array:
 
 def beam_search(step_fn: StepFn, state: Any, batch: int, *, beam_size: int, bos_id: int,
                 eos_id: int, max_len: int, alpha: float = 0.6,
-                pad_id: int = 0) -> tuple[Array, Array]:
+                pad_id: int = 0, normalize: bool = True) -> tuple[Array, Array]:
   """Beam search.
 
   Args:
     step_fn: `(state, tokens [batch * beam]) -> (logits [batch * beam, vocab], state)`.
     state: the initial decode state for `batch` sequences (leaves `[batch, ...]`);
       it is repeated for the beams here.
+    normalize: the step returns logits, turned into log-probabilities here. False:
+      it returns each token's log-score increment, used as it is (a combined score
+      such as joint CTC/attention decoding, `decode.ctc`). The early stop assumes
+      increments <= 0, as log-probabilities are: a hypothesis' score never rises.
 
   Returns:
     sequences int `[batch, beam_size, max_len]` (EOS included, then pads), best
@@ -83,7 +87,9 @@ def beam_search(step_fn: StepFn, state: Any, batch: int, *, beam_size: int, bos_
   def body(carry):
     t, last, alive_seq, alive_logp, done_seq, done_score, state = carry
     logits, state = step_fn(state, last)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [batch * k, vocab]
+    logp = logits.astype(jnp.float32)  # [batch * k, vocab]
+    if normalize:
+      logp = jax.nn.log_softmax(logp, axis=-1)
     vocab = logp.shape[-1]
     total = alive_logp[:, :, None] + logp.reshape(batch, k, vocab)
     top_logp, top_flat = lax.top_k(total.reshape(batch, k * vocab), 2 * k)  # [batch, 2k]

@@ -11,15 +11,21 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from attention_jax.evaluate.asr import asr_scores
 from attention_jax.evaluate.g2p import g2p_scores, phoneme_error_rate
 from attention_jax.evaluate.translation import bleu
 
 # Metric -> True when higher is better. Losses and error rates are lower-is-better.
 HIGHER_IS_BETTER = {
     "loss": False, "nll": False, "accuracy": True,  # teacher-forced, per token
+    "ctc_loss": False,  # speech: -log p_ctc per target token
+    "monotonic": True,  # speech: decoder steps whose attention peak does not move back
     "perplexity": False, "bits_per_token": False, "bits_per_char": False,  # language models
     "sequence_accuracy": True, "token_error_rate": False, "bleu": True,
+    # "wer" has one name and one direction but two meanings: for the asr scorer it is the
+    # word-level edit rate (edits / reference words), for g2p the fraction of wrong words.
     "wer": False, "per": False, "wer_no_stress": False, "per_no_stress": False,
+    "cer": False,  # asr: character edits / reference characters, spaces included
 }
 
 
@@ -57,6 +63,7 @@ SCORERS: dict[str, tuple[Scorer, tuple[str, ...]]] = {
     "token_error_rate": (_token_error_rate, ("token_error_rate",)),
     "g2p": (lambda p, r, _: g2p_scores(p, r), ("wer", "per", "wer_no_stress", "per_no_stress")),
     "bleu": (lambda p, r, _: {"bleu": bleu(p, r)}, ("bleu",)),
+    "asr": (lambda p, r, _: asr_scores(p, r), ("cer", "wer")),
 }
 
 

@@ -26,9 +26,15 @@ Kinds:
 Parameters and their logical axes: `general` w [d_q, d_k] ('hidden', 'memory');
 `additive` w_q [d_q, d_a] ('hidden', 'attention'), w_k [d_k, d_a]
 ('memory', 'attention'), v [d_a] ('attention',); `location` w [d_q, max_len]
-('hidden', 'length'); local-p w_p [d_q, d_a] ('hidden', 'attention'),
+('hidden', 'length'); `location_aware` (Chorowski et al. 2015) additive's three and
+filters [conv_width, conv_filters] ('conv_width', 'conv_filters'), w_f [conv_filters, d_a]
+('conv_filters', 'attention'); local-p w_p [d_q, d_a] ('hidden', 'attention'),
 v_p [d_a] ('attention',). dot, scaled_dot, cosine and pearson have none and
 need d_q == d_k.
+
+`location_aware` also reads the previous step's alignment: the caller passes it
+as `previous=` (the decoder keeps the last step's `weights` in its state). With
+kind 'local' or 'hard' it only changes the scores those kinds start from.
 """
 from __future__ import annotations
 
@@ -44,6 +50,9 @@ Array = jax.Array
 
 KINDS = ("soft", "local", "hard")
 _SAME_SIZE = ("dot", "scaled_dot", "cosine", "pearson")  # scores without parameters
+# Scores with a query-independent key half W_k k, and their from-projected-keys versions.
+_PROJECTED = {"additive": scores.additive_projected,
+              "location_aware": scores.location_aware_projected}
 
 
 class AlignmentOutput(NamedTuple):
@@ -63,6 +72,13 @@ class Alignment(nn.Module):
   temperature: float = 1.0  # cosine / pearson: scores lie in [-1/T, 1/T]
   dtype: Any = jnp.float32  # compute dtype (the softmax is always float32)
   param_dtype: Any = jnp.float32  # parameter storage dtype
+  # location_aware: the convolution F over the previous alignment. 10 filters, as in
+  # Chorowski et al. 2015. Their filters were much wider because they slid over
+  # unsubsampled 10 ms speech frames; ours slide over characters or 4x-subsampled frames,
+  # where the alignment moves a few positions per output step, so 15 (+-7 positions)
+  # covers that move with a margin, at a small cost per step ([batch, kv_len, width]).
+  conv_filters: int = 10
+  conv_width: int = 15  # odd: the window is centred on the scored position
 
   def _param(self, name, shape, axes, init=nn.initializers.lecun_normal()):
     return self.param(name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
@@ -71,12 +87,18 @@ class Alignment(nn.Module):
     """Creates the chosen score's parameters (keyword arguments of the pure function)."""
     if self.score == "general":
       return {"w": self._param("w", (d_q, d_k), ("hidden", "memory"))}
-    if self.score == "additive":
+    if self.score in _PROJECTED:
       d_a = self.attention_dim or d_k
-      return {"w_q": self._param("w_q", (d_q, d_a), ("hidden", "attention")),
-              "w_k": self._w_k(d_k),
-              "v": self._param("v", (d_a,), ("attention",),
-                               nn.initializers.normal(d_a ** -0.5))}
+      params = {"w_q": self._param("w_q", (d_q, d_a), ("hidden", "attention")),
+                "w_k": self._w_k(d_k),
+                "v": self._param("v", (d_a,), ("attention",),
+                                 nn.initializers.normal(d_a ** -0.5))}
+      if self.score == "location_aware":
+        params["filters"] = self._param("filters", (self.conv_width, self.conv_filters),
+                                        ("conv_width", "conv_filters"))
+        params["w_f"] = self._param("w_f", (self.conv_filters, d_a),
+                                    ("conv_filters", "attention"))
+      return params
     if self.score == "location":
       return {"w": self._param("w", (d_q, self.max_len), ("hidden", "length"))}
     if d_q != d_k:
@@ -93,12 +115,12 @@ class Alignment(nn.Module):
   def project_keys(self, keys: Array) -> Array | None:
     """The query-independent half of the score, `[batch, kv_len, d_a]`, or None.
 
-    Only `additive` has one: W_k k. A decoder computes it once per source
+    `additive` and `location_aware` have one: W_k k. A decoder computes it once per source
     sequence and hands it to every step as `projected_keys`; projecting every
     key again at each step is most of a Bahdanau decoder's work (and its
     backward accumulates W_k's gradient step by step).
     """
-    if self.score != "additive":
+    if self.score not in _PROJECTED:
       return None
     return self(None, keys, keys_only=True)
 
@@ -111,10 +133,19 @@ class Alignment(nn.Module):
     gate = jnp.tanh(query @ w_p) @ v_p  # [batch, q_len]
     return lengths[:, None] * jax.nn.sigmoid(gate.astype(jnp.float32))
 
+  def _previous(self, previous: Array | None, single: bool) -> Array:
+    """The previous alignment with a q_len axis, `[batch, q_len, kv_len]`."""
+    if previous is None:
+      raise ValueError(
+          "Alignment(score='location_aware') needs the previous step's alignment: pass "
+          "previous=<weights [batch, kv_len]> (a decoder keeps the last step's weights)")
+    previous = jnp.asarray(previous)  # a jax.Array, so it is cast to the compute dtype
+    return previous[:, None] if single else previous
+
   @nn.compact
   def __call__(self, query: Array, keys: Array, values: Array | None = None,
                mask: Array | None = None, *, deterministic: bool = True,
-               projected_keys: Array | None = None,
+               projected_keys: Array | None = None, previous: Array | None = None,
                keys_only: bool = False) -> AlignmentOutput:
     """Attends `query` over `keys`/`values`.
 
@@ -127,6 +158,8 @@ class Alignment(nn.Module):
       deterministic: hard attention takes the argmax instead of sampling.
       projected_keys: `project_keys(keys)`, computed once per source sequence;
         None: computed here when the score needs it.
+      previous: `location_aware` only (other scores ignore it): the previous step's
+        alignment, float `[batch, kv_len]` (`[batch, q_len, kv_len]` with a q_len axis).
       keys_only: return `project_keys(keys)` (how that method reaches the parameters).
 
     Returns:
@@ -146,13 +179,15 @@ class Alignment(nn.Module):
     if mask is None:
       mask = jnp.ones((batch, kv_len), bool)
     params = self._score_params(query.shape[-1], keys.shape[-1])
+    if self.score == "location_aware":
+      params["previous"] = self._previous(previous, single)
     arrays = {k: v for k, v in params.items() if isinstance(v, jax.Array)}
     query_c, keys_c, values_c, *cast = nn.dtypes.promote_dtype(
         query, keys, values, *arrays.values(), dtype=self.dtype)
     params.update(zip(arrays, cast))
-    if projected_keys is not None and self.score == "additive":
+    if projected_keys is not None and self.score in _PROJECTED:
       del params["w_k"]
-      logits = scores.additive_projected(query_c, projected_keys, **params)
+      logits = _PROJECTED[self.score](query_c, projected_keys, **params)
     else:
       logits = score_fn(query_c, keys_c, **params)  # [batch, q_len, kv_len]
     row_mask = mask[:, None, :]  # [batch, 1, kv_len]

@@ -13,12 +13,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from attention_jax.models.rnn_seq2seq import RNNSeq2Seq
+from attention_jax.models.speech import SpeechSeq2Seq
 from attention_jax.models.transformer import DecoderOnlyLM, EncoderDecoderTransformer
 
 MODELS: dict[str, type[nn.Module]] = {
     "rnn_seq2seq": RNNSeq2Seq,
     "transformer": EncoderDecoderTransformer,
     "lm": DecoderOnlyLM,
+    "speech": SpeechSeq2Seq,
 }
 _DTYPE_FIELDS = ("dtype", "param_dtype")
 

@@ -17,6 +17,16 @@ bridge of the encoder's final state of layer l: tanh(W h) (and W c for the
 LSTM memory). When the encoder output size differs from `hidden_dim`
 (bidirectional), the memory is projected to `hidden_dim` once per sequence.
 
+score='location_aware' (Chorowski et al. 2015) reads the previous step's
+alignment: the state then carries it as 'previous_alignment' float32 [B, S],
+replaced by each step's weights (for 'hard', the distribution sampled from; for
+'local', the Gaussian-scaled weights). Before the first step it is uniform over
+each sequence's real positions (1 / S_b there, 0 at pads): what attention with
+no information (equal scores) gives. The first step's convolution thus reads an
+alignment like every later one (non-negative, summing to one, zero at pads)
+rather than a special value, and no start position is presumed: a one-hot at
+position 0 would build in a left-to-right prior that suits speech, not every task.
+
 Interface shared with the Transformer and the decode module:
   __call__(inputs [B,S], input_lengths [B], targets_in [B,T], *, deterministic)
       -> logits float32 [B,T,vocab]       (teacher forcing)
@@ -78,6 +88,8 @@ class RNNSeq2Seq(nn.Module):
   window: int = 2  # local: half-width D of the window (sigma = D / 2)
   max_len: int = 64  # location score: the longest source it can attend
   temperature: float = 1.0  # cosine / pearson score temperature
+  conv_filters: int = 10  # location_aware: filters of the convolution over the last alignment
+  conv_width: int = 15  # location_aware: their (odd) width; see Alignment for both defaults
   dropout_rate: float = 0.0  # embeddings, between layers, before the output layer
   dtype: Any = jnp.float32  # compute dtype (softmax and logits are float32)
   param_dtype: Any = jnp.float32  # parameter storage dtype
@@ -120,8 +132,10 @@ class RNNSeq2Seq(nn.Module):
         self.memory_proj = dense(self.hidden_dim, ("memory", "hidden"), name="memory_proj",
                                  use_bias=False, **kw)
       self.align = alignment.Alignment(
-          self.score, _ALIGNMENT_KIND[self.attention], self.attention_dim, self.max_len,
-          self.window, self.temperature, self.dtype, self.param_dtype)
+          score=self.score, kind=_ALIGNMENT_KIND[self.attention],
+          attention_dim=self.attention_dim, max_len=self.max_len, window=self.window,
+          temperature=self.temperature, dtype=self.dtype, param_dtype=self.param_dtype,
+          conv_filters=self.conv_filters, conv_width=self.conv_width)
       self.combine = dense(self.hidden_dim, ("memory", "hidden"), name="combine", use_bias=False,
                            **kw)
     self.readout = dense(self.vocab_size, ("hidden", "vocab"), name="readout", **kw)
@@ -152,9 +166,17 @@ class RNNSeq2Seq(nn.Module):
       keys = self.align.project_keys(memory)  # once per sequence, not at every step
       if keys is not None:
         state["keys"] = keys  # [batch, src_len, attention_dim]
+      if self._location_aware:  # uniform over the real positions: see the module docstring
+        real = state["mask"].astype(jnp.float32)
+        state["previous_alignment"] = real / jnp.maximum(jnp.sum(real, -1, keepdims=True), 1.0)
     if self._feeds:
       state["feed"] = jnp.zeros((memory.shape[0], self.hidden_dim), self.dtype)
     return state
+
+  @property
+  def _location_aware(self) -> bool:
+    """Whether the state carries the previous alignment."""
+    return self.attention != "none" and self.score == "location_aware"
 
   # ---- the decoder step, shared by training and decoding ----
 
@@ -166,7 +188,8 @@ class RNNSeq2Seq(nn.Module):
 
   def _attend(self, query: Array, state, deterministic: bool) -> alignment.AlignmentOutput:
     return self.align(query, state["memory"], state["memory"], state["mask"],
-                      deterministic=deterministic, projected_keys=state.get("keys"))
+                      deterministic=deterministic, projected_keys=state.get("keys"),
+                      previous=state.get("previous_alignment"))
 
   def _step(self, state, x_proj: Array, deterministic: bool):
     """One decoder step from the projected token input `x_proj [B, gates * hidden]`.
@@ -189,6 +212,8 @@ class RNNSeq2Seq(nn.Module):
         out = self._attend(s, state, deterministic)
         features = jnp.tanh(self.combine(jnp.concatenate([out.context, s], axis=-1)))
     state = {**state, "carry": carry}
+    if self._location_aware:
+      state["previous_alignment"] = out.weights  # float32 [batch, src_len]
     if self._feeds:
       state["feed"] = features.astype(state["feed"].dtype)
     weights = None if out is None else out.weights
@@ -216,7 +241,11 @@ class RNNSeq2Seq(nn.Module):
                deterministic: bool = True) -> Array:
     """Teacher-forced logits float32 `[B, T, vocab]`; targets_in starts with BOS."""
     encoded = self.encode(inputs, input_lengths, deterministic=deterministic)
-    state = self.init_decode_state(encoded, input_lengths)
+    return self.teacher_forced(self.init_decode_state(encoded, input_lengths), targets_in,
+                               deterministic)
+
+  def teacher_forced(self, state, targets_in: Array, deterministic: bool) -> Array:
+    """Logits float32 `[B, T, vocab]` of every step from the decode state `state`."""
     x_proj = self._embed_targets(targets_in, deterministic)  # [batch, tgt_len, gates * hidden]
     body = lambda model, state, x_t: model._step(state, x_t, deterministic)
     _, (features, weights, log_prob) = recurrent.scan_time(body, self, state, x_proj)

@@ -1,7 +1,7 @@
 """Tasks: what a batch, a loss, a prediction and a score are, for each kind of problem.
 
 `build_task(config, dataset)` makes the task named by `config.task.name`
-(`seq2seq` or `lm`) around the model of `config.model`, sized to the data's
+(`seq2seq`, `lm` or `speech`) around the model of `config.model`, sized to the data's
 vocabularies. See `tasks/base.py` for the interface the trainer uses.
 """
 from __future__ import annotations
@@ -10,9 +10,10 @@ from attention_jax.models.registry import build_model
 from attention_jax.tasks.base import Task, cross_entropy, token_mask
 from attention_jax.tasks.lm import LMTask
 from attention_jax.tasks.seq2seq import Seq2SeqTask
+from attention_jax.tasks.speech import SpecAugment, SpeechTask
 
-TASKS = {"seq2seq": Seq2SeqTask, "lm": LMTask}
-MODELS = {"seq2seq": ("rnn_seq2seq", "transformer"), "lm": ("lm",)}
+TASKS = {"seq2seq": Seq2SeqTask, "lm": LMTask, "speech": SpeechTask}
+MODELS = {"seq2seq": ("rnn_seq2seq", "transformer"), "lm": ("lm",), "speech": ("speech",)}
 
 
 def check(config) -> None:
@@ -38,9 +39,20 @@ def build_task(config, dataset, vocab_size: int | None = None) -> Task:
   if config.task.name == "lm":
     return LMTask(build_model(model_config), dataset, seq_len=config.task.seq_len,
                   label_smoothing=smoothing)
+  if config.task.name == "speech":
+    return _speech_task(config, dataset, build_model(model_config), smoothing)
   model_config["src_vocab_size"] = vocab_size or dataset.input_vocab.size
   return Seq2SeqTask(build_model(model_config), dataset, label_smoothing=smoothing)
 
 
-__all__ = ["LMTask", "Seq2SeqTask", "TASKS", "Task", "build_task", "check", "cross_entropy",
+def _speech_task(config, dataset, model, smoothing: float) -> SpeechTask:
+  task = config.task
+  augment = SpecAugment(*(int(task.get(k, 0)) for k in SpecAugment._fields))
+  return SpeechTask(model, dataset, label_smoothing=smoothing,
+                    ctc_weight=task.get("ctc_weight", 0.3),
+                    ctc_decode_weight=task.get("ctc_decode_weight"), augment=augment,
+                    sort_window=task.get("sort_window", 0))
+
+
+__all__ = ["LMTask", "Seq2SeqTask", "SpeechTask", "TASKS", "Task", "build_task", "check", "cross_entropy",
            "token_mask"]

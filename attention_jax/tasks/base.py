@@ -105,6 +105,10 @@ class Task:
     """Every metric an evaluator with these scorers reports."""
     raise NotImplementedError
 
+  def check_data(self) -> None:
+    """A ValueError naming the split and the model's limit when the data cannot fit the
+    model (checked before anything is written)."""
+
   def decode_limit(self) -> int | None:
     """The longest decode the model can run (positional table, KV cache); None: no limit."""
     return None

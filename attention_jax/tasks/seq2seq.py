@@ -114,6 +114,11 @@ class Seq2SeqTask(base.Task):
   def metric_names(self, scorers: str) -> list[str]:
     return ["loss", "nll", "accuracy", *metrics_lib.scored_metrics(scorers)]
 
+  def check_data(self) -> None:
+    if getattr(self.dataset, "feature_dim", None):
+      raise ValueError(f"data.name={self.dataset.name!r} has feature frames, not text: use "
+                       "task.name='speech' (experiments/speech_digits.py)")
+
   def decode_limit(self) -> int | None:
     """The Transformer's positional table and KV cache; the RNN has no limit."""
     return self.model.max_decode_len

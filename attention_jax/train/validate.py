@@ -55,6 +55,10 @@ RANGES = (
     ("optim.b1", 0, 1, "[)"), ("optim.b2", 0, 1, "[)"), ("optim.momentum", 0, 1, "[)"),
     ("optim.weight_decay", 0, INF, "[)"), ("optim.grad_clip_norm", 0, INF, "[)"),
     ("task.label_smoothing", 0, 1, "[)"), ("model.temperature", 0, INF, "()"),
+    ("task.ctc_weight", 0, 1, "[]"), ("task.ctc_decode_weight", 0, 1, "[]"),
+    ("task.freq_masks", 0, INF, "[)"), ("task.freq_width", 0, INF, "[)"),
+    ("task.time_masks", 0, INF, "[)"), ("task.time_width", 0, INF, "[)"),
+    ("task.sort_window", 0, INF, "[)"),
 )
 # Model fields that are sizes or counts (>= 1 when set) and rates in [0, 1), by name.
 SIZE_SUFFIXES = ("_dim", "_layers", "_heads", "d_model", "d_ff", "max_len", "window")
@@ -111,6 +115,7 @@ def _check_selection(config, task) -> None:
 def check_with_data(config, task) -> None:
   """Checks that need the data: splits, decode budgets, metric names."""
   try:
+    task.check_data()
     for name, cfg in config.evals.items():
       evaluators.check(name, cfg, task, list(task.dataset.splits))
       if cfg.decode != "none":

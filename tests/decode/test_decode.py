@@ -137,6 +137,11 @@ MODELS = {
     "rnn luong bidirectional": lambda: RNNSeq2Seq(vocab_size=9, attention="luong", score="dot",
                                                   bidirectional=True, hidden_dim=16,
                                                   src_embed_dim=8, tgt_embed_dim=8),
+    # The previous alignment in the state must follow its beam.
+    "rnn location_aware": lambda: RNNSeq2Seq(vocab_size=9, attention="luong",
+                                             score="location_aware", cell="gru", hidden_dim=16,
+                                             src_embed_dim=8, tgt_embed_dim=8, conv_filters=4,
+                                             conv_width=3),
 }
 
 

@@ -28,6 +28,25 @@ def _np_softmax(x, mask):
   return e / e.sum(-1, keepdims=True)
 
 
+def _previous(seed=5):
+  """An alignment of a previous step: non-negative, summing to one over the real positions."""
+  logits = np.random.default_rng(seed).normal(size=(B, S)) * 2
+  return _np_softmax(logits, MASK).astype(np.float32)
+
+
+PREVIOUS = _previous()
+
+
+def _np_location_features(previous, filters):
+  """previous [B, S] convolved with filters [width, channels] -> [B, S, channels], zero padded."""
+  half, out = filters.shape[0] // 2, np.zeros(previous.shape + filters.shape[1:])
+  for j in range(previous.shape[1]):
+    for w in range(filters.shape[0]):
+      if 0 <= j + w - half < previous.shape[1]:
+        out[:, j] += previous[:, j + w - half, None] * filters[w]
+  return out
+
+
 def _unit(x):
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
@@ -44,11 +63,14 @@ NP_SCORES = {
         "bd,bsd->bs", _unit(q - q.mean(-1, keepdims=True)),
         _unit(k - k.mean(-1, keepdims=True))) / 0.5,
     "location": lambda q, k, p: (q @ p["w"])[:, :k.shape[1]],
+    "location_aware": lambda q, k, p: np.tanh(
+        (q @ p["w_q"])[:, None] + k @ p["w_k"]
+        + _np_location_features(PREVIOUS, p["filters"]) @ p["w_f"]) @ p["v"],
 }
 
 
 def _init_apply(module, *args, rngs=None, **kwargs):
-  variables = module.init(jax.random.key(0), *args)
+  variables = module.init(jax.random.key(0), *args, **kwargs)
   out = jax.jit(lambda v, *a: module.apply(v, *a, rngs=rngs, **kwargs))(variables, *args)
   params = jax.tree.map(np.asarray, nn.unbox(variables).get("params", {}))
   return out, params, variables
@@ -57,13 +79,18 @@ def _init_apply(module, *args, rngs=None, **kwargs):
 @pytest.mark.parametrize("name", list(scores.SCORES))
 def test_soft_attention_matches_pure_function_and_numpy(name):
   q, k, v = _inputs()
-  module = Alignment(score=name, attention_dim=7, max_len=12, temperature=0.5)
-  out, params, _ = _init_apply(module, q, k, v, MASK)
+  module = Alignment(score=name, attention_dim=7, max_len=12, temperature=0.5,
+                     conv_filters=4, conv_width=5)
+  previous = {"previous": PREVIOUS} if name == "location_aware" else {}
+  out, params, _ = _init_apply(module, q, k, v, MASK, **previous)
 
-  expected_shapes = {"general": {"w": (D, D)}, "location": {"w": (D, 12)},
-                     "additive": {"w_q": (D, 7), "w_k": (D, 7), "v": (7,)}}
+  additive = {"w_q": (D, 7), "w_k": (D, 7), "v": (7,)}
+  expected_shapes = {"general": {"w": (D, D)}, "location": {"w": (D, 12)}, "additive": additive,
+                     "location_aware": {**additive, "filters": (5, 4), "w_f": (4, 7)}}
   assert jax.tree.map(np.shape, params) == expected_shapes.get(name, {})
   extra = {"temperature": 0.5} if name in ("cosine", "pearson") else {}
+  if previous:
+    extra = {"previous": PREVIOUS[:, None]}
   pure = scores.get(name)(jnp.asarray(q)[:, None], jnp.asarray(k), **params, **extra)[:, 0]
   np.testing.assert_allclose(pure, NP_SCORES[name](q, k, params), rtol=2e-5, atol=2e-5)
   weights = _np_softmax(np.asarray(pure), MASK)
@@ -85,25 +112,26 @@ def test_query_axis_equals_one_query_at_a_time():
     np.testing.assert_allclose(both.weights[:, i], one.weights, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("score", ["additive", "general"])
+@pytest.mark.parametrize("score", ["additive", "location_aware", "general"])
 def test_keys_projected_once_give_the_same_attention(score):
   """`project_keys` hoisted out of a decoder loop changes nothing, values or gradients."""
   q, k, v = _inputs(4)
-  module = Alignment(score=score, attention_dim=7)
-  variables = nn.meta.unbox(module.init(jax.random.key(0), q, k, v, MASK))
+  module = Alignment(score=score, attention_dim=7, conv_width=3)
+  kw = {"previous": PREVIOUS} if score == "location_aware" else {}
+  variables = nn.meta.unbox(module.init(jax.random.key(0), q, k, v, MASK, **kw))
   projected = module.apply(variables, k, method=module.project_keys)
-  if score != "additive":
-    assert projected is None  # only the additive score has a key-only half
+  if score == "general":
+    assert projected is None  # only additive and location_aware have a key-only half
     return
   assert projected.shape == (B, S, 7)
 
   def context(params, hoisted):
     keys = module.apply(params, k, method=module.project_keys) if hoisted else None
-    return jnp.sum(module.apply(params, q, k, v, MASK, projected_keys=keys).context ** 2)
+    return jnp.sum(module.apply(params, q, k, v, MASK, projected_keys=keys, **kw).context ** 2)
 
   np.testing.assert_allclose(context(variables, True), context(variables, False), rtol=1e-6)
   grads = [jax.grad(context)(variables, hoisted)["params"] for hoisted in (True, False)]
-  for name in ("w_q", "w_k", "v"):
+  for name in grads[0]:
     np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7,
                                err_msg=name)
 
@@ -191,3 +219,42 @@ def test_errors_name_the_field():
     Alignment(score="bilinear").init(jax.random.key(0), q, k, v, MASK)
   with pytest.raises(ValueError, match="query size 6 must equal key size 4"):
     Alignment(score="dot").init(jax.random.key(0), q, k[..., :4], v, MASK)
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard", "local"])
+def test_location_aware_scores_feed_every_kind(kind):
+  """soft, hard and local-p start from the location-aware scores of `previous`."""
+  q, k, v = _inputs(6)
+  module = Alignment(score="location_aware", kind=kind, attention_dim=7, window=2,
+                     conv_filters=3, conv_width=5)
+  out, p, variables = _init_apply(module, q, k, v, MASK, previous=PREVIOUS)
+  logits = NP_SCORES["location_aware"](q, k, p)
+  if kind == "local":
+    pos_t = LENGTHS / (1.0 + np.exp(-(np.tanh(q @ p["w_p"]) @ p["v_p"])))  # [batch]
+    s = np.arange(S)[None, :]
+    in_window = MASK & (np.abs(s - pos_t[:, None]) <= 2)
+    weights = _np_softmax(logits, in_window) * np.exp(-(s - pos_t[:, None]) ** 2 / 2.0)
+  else:
+    weights = _np_softmax(logits, MASK)
+  np.testing.assert_allclose(out.weights, weights, rtol=1e-5, atol=1e-6)
+  if kind == "hard":
+    np.testing.assert_array_equal(out.index, np.where(MASK, logits, -np.inf).argmax(-1))
+  else:
+    np.testing.assert_allclose(out.context, np.einsum("bs,bsd->bd", weights, v), rtol=1e-5,
+                               atol=1e-6)
+
+  # The scores read the previous alignment: moving it moves the weights.
+  moved = module.apply(variables, q, k, v, MASK, previous=np.roll(PREVIOUS, 1, axis=-1))
+  assert np.abs(np.asarray(moved.weights) - np.asarray(out.weights)).max() > 1e-4
+
+
+def test_location_aware_parameters_and_missing_previous():
+  q, k, v = _inputs()
+  module = Alignment(score="location_aware")
+  variables = module.init(jax.random.key(0), q, k, v, MASK, previous=PREVIOUS)
+  spec = nn.get_partition_spec(variables)["params"]
+  assert spec["filters"] == jax.sharding.PartitionSpec("conv_width", "conv_filters")
+  assert spec["w_f"] == jax.sharding.PartitionSpec("conv_filters", "attention")
+  assert variables["params"]["filters"].value.shape == (15, 10)  # the defaults
+  with pytest.raises(ValueError, match="needs the previous step's alignment"):
+    module.apply(variables, q, k, v, MASK)

@@ -13,6 +13,8 @@ CONFIGS = {
     "transformer": dict(vocab_size=9, d_model=16, num_heads=2, d_ff=32, num_layers=1,
                         max_len=16),
     "lm": dict(vocab_size=9, d_model=16, num_heads=2, d_ff=32, num_layers=1, max_len=16),
+    "speech": dict(vocab_size=9, feature_dim=6, hidden_dim=16, attention_dim=8,
+                   tgt_embed_dim=8, frontend_channels=2, score="location_aware"),
 }
 
 
@@ -24,8 +26,13 @@ def test_every_model_builds_from_a_config_and_runs(name):
   inputs, lengths = jnp.array([[3, 4, 5, 0], [6, 7, 8, 5]]), jnp.array([3, 4])
   targets_in = jnp.array([[1, 3, 4], [1, 5, 6]])
   args = (targets_in,) if name == "lm" else (inputs, lengths, targets_in)
+  if name == "speech":  # log-mel frames [batch, frames, feature_dim]
+    args = (jnp.ones((2, 9, 6)), jnp.array([9, 5]), targets_in)
   variables = model.init(jax.random.key(0), *args)
   logits = model.apply(variables, *args)
+  if name == "speech":
+    assert model.apply(variables, *args, heads=("ctc",))["ctc"].shape == (2, 3, 9)
+    logits = logits["attention"]
   assert logits.shape == (2, 3, 9) and logits.dtype == jnp.float32
   assert np.isfinite(logits).all()
 

@@ -29,6 +29,14 @@ CASES = {
     ("local", "lstm"): dict(attention="local", score="scaled_dot", window=1, bidirectional=True),
     ("hard", "gru"): dict(attention="hard", score="general"),
     ("hard", "lstm"): dict(attention="hard", score="scaled_dot", num_layers=2),
+    # location_aware carries the previous alignment in the state, with every alignment kind
+    # and both queries (bahdanau s_{t-1}, luong-style s_t).
+    ("location_aware", "gru"): dict(attention="bahdanau", score="location_aware",
+                                    conv_filters=3, conv_width=5),
+    ("location_aware_local", "gru"): dict(attention="local", score="location_aware",
+                                          conv_width=3),
+    ("location_aware_hard", "lstm"): dict(attention="hard", score="location_aware",
+                                          bidirectional=True),  # default filters: wider than S
 }
 
 
@@ -69,6 +77,7 @@ def _teacher_forced_and_decoded(model, variables, inputs, lengths, targets_in, p
 @pytest.mark.parametrize("kind,cell", list(CASES))
 def test_decode_step_equals_teacher_forcing_and_source_padding_is_invisible(kind, cell):
   model, variables = _model(kind, cell)
+  attention = CASES[kind, cell]["attention"]
   inputs, lengths, targets_in = _data(1)
   padded = np.concatenate([inputs, np.full((B, 3), 5, np.int32)], axis=1)  # garbage pads
   (logits, inter, decoded, step_inter, state, last_state, logits_padded) = jax.jit(
@@ -81,7 +90,7 @@ def test_decode_step_equals_teacher_forcing_and_source_padding_is_invisible(kind
   for leaf in jax.tree.leaves((state, last_state)):  # beam search gathers along axis 0
     assert leaf.shape[0] == B
 
-  if kind == "none":
+  if attention == "none":
     assert not inter
     return
   weights = inter["intermediates"]["attention_weights"][0]  # [batch, tgt_len, src_len]
@@ -91,9 +100,9 @@ def test_decode_step_equals_teacher_forcing_and_source_padding_is_invisible(kind
       atol=1e-5)
   pad = np.arange(S)[None, None, :] >= LENGTHS[:, None, None]
   assert np.all(np.broadcast_to(pad, weights.shape) <= (weights == 0))
-  if kind != "local":  # local-p weights are Gaussian-scaled, not normalised
+  if attention != "local":  # local-p weights are Gaussian-scaled, not normalised
     np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
-  if kind == "hard":
+  if attention == "hard":
     log_prob = inter["reinforce"]["log_prob"][0]  # [batch, tgt_len]
     np.testing.assert_allclose(log_prob, np.log(weights.max(-1)), rtol=1e-4, atol=1e-5)
 
@@ -148,6 +157,37 @@ def test_dtype_grid_is_finite_and_close_to_float32(kind, dtype):
         reference.apply(variables, inputs, lengths, targets_in)))()
     assert evaluation.dtype == jnp.float32 and np.all(np.isfinite(evaluation))
     np.testing.assert_allclose(evaluation, expected, rtol=0, atol=0.15)
+
+
+def test_location_aware_state_holds_the_previous_steps_weights():
+  """Uniform over the real positions at first, then each step's weights, which the next
+  step's scores read (a non-zero gradient)."""
+  model, variables = _model("location_aware", "gru")
+  inputs, lengths, targets_in = _data(4)
+  step = lambda state, tokens: model.apply(variables, state, tokens, method=model.decode_step,
+                                           mutable=["intermediates"])
+
+  @jax.jit
+  def two_steps():
+    encoded = model.apply(variables, inputs, lengths, method=model.encode)
+    state = model.apply(variables, encoded, lengths, method=model.init_decode_state)
+    (_, after_first), inter = step(state, targets_in[:, 0])
+
+    def second_logits(previous):
+      (logits, _), _ = step({**after_first, "previous_alignment": previous}, targets_in[:, 1])
+      return jnp.sum(logits ** 2)
+
+    grad = jax.grad(second_logits)(after_first["previous_alignment"])
+    return state, after_first, inter["intermediates"]["attention_weights"][0], grad
+
+  state, after_first, weights, grad = two_steps()
+  real = np.arange(S)[None, :] < LENGTHS[:, None]
+  np.testing.assert_allclose(state["previous_alignment"], real / LENGTHS[:, None], rtol=1e-6)
+  np.testing.assert_array_equal(after_first["previous_alignment"], weights)  # [batch, src_len]
+  assert np.abs(weights - state["previous_alignment"]).max() > 1e-4  # it did move
+  # Every example's second step reads it, but one of a single position (its weight is 1
+  # whatever the scores).
+  assert np.all(np.abs(np.asarray(grad))[LENGTHS > 1].sum(-1) > 0)
 
 
 def test_parameters_carry_logical_axes():

@@ -117,3 +117,18 @@ def test_a_bare_boolean_argument_means_true():
     experiment.parse_arg("a", dict(a=1, b=False))
   with pytest.raises(ValueError, match="unknown config argument 'smok'; did you mean 'smoke'?"):
     experiment.parse_arg("smok", dict(smoke=False))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("ctc_weight", 1.5, "task.ctc_weight=1.5 is out of range; allowed: a number in [0, 1]"),
+    ("time_width", -3, "task.time_width=-3 is out of range; allowed: a number in [0, inf)"),
+    ("ctc_decode_weight", 0.3, "task.ctc_decode_weight=0.3 needs a trained CTC head: "
+                               "task.ctc_weight is 0"),
+])
+def test_speech_task_values_are_checked_before_anything_runs(key, value, message):
+  config = experiment.load(os.path.join(ROOT, "experiments", "speech_digits.py")).get_config(
+      "smoke,ctc_weight=0.0")
+  config.task[key] = value
+  with pytest.raises(validate.ConfigError) as error:
+    validate.check_config(config)
+  assert str(error.value) == message

@@ -49,13 +49,16 @@ def _params(workdir):
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=os.path.basename)
-def test_smoke_config_trains_evaluates_and_draws(config, data_dir, tmp_path):
-  manual_dir = experiment.load(config).get_config("smoke=True").data.manual_dir
+def test_smoke_config_trains_evaluates_and_draws(config, data_dir, tmp_path, request):
+  smoke = experiment.load(config).get_config("smoke=True")
+  manual_dir, flags = smoke.data.manual_dir, []
   if manual_dir and not os.path.isdir(manual_dir):  # FreeDict: a system package, not pip's
     pytest.skip(f"{os.path.basename(config)} reads {manual_dir}, not on this machine")
+  if smoke.data.name.startswith("spoken_digits"):  # recordings written here, not FSDD's
+    flags = [f"--config.data.manual_dir={request.getfixturevalue('spoken_digit_recordings')}"]
   workdir = tmp_path / "run"
   proc = _run(data_dir, f"{config}:smoke=True", workdir, "--config.train.steps=2",
-              "--config.evals.dev.every=2")
+              "--config.evals.dev.every=2", *flags)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"results: {workdir}/result.json" in proc.stdout
   result = json.loads((workdir / "result.json").read_text())
