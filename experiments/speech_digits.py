@@ -16,10 +16,14 @@ Sweep (`python -m launch.sweep --config=experiments/speech_digits.py:unseen,test
 --root=runs/speech_digits`): `sweep`, ctc_weight in {0, 0.2, 0.5, 0.8, 1} x {content,
 location-aware} (CTC alone has no attention: one score only).
 """
+import argparse
+import json
+import os
 import sys
 
 import ml_collections
 from ml_collections import config_dict
+import numpy as np
 
 from attention_jax import experiment
 
@@ -88,8 +92,6 @@ def _first_step(rows: list[dict], key: str, reached) -> int | None:
 def trial_summary(workdir: str) -> dict | None:
   """One finished trial: first steps reaching each CER target and MONOTONIC, its dev curve,
   and the test scores of its best dev step; None while it has no result."""
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   result_path = os.path.join(workdir, "result.json")
   if not os.path.exists(result_path):
     return None
@@ -120,7 +122,6 @@ def _fraction(values) -> str:
 
 
 def _pct(values) -> str:
-  import numpy as np  # pylint: disable=g-import-not-at-top
   values = [100 * v for v in values if v is not None]
   if not values:
     return "-"
@@ -146,7 +147,6 @@ def convergence_table(groups: dict) -> str:
 
 def plot_curves(groups: dict, path: str) -> None:
   """Dev CER and monotonicity against steps, mean over seeds, one line per configuration."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(11, 4.2))
   cer_ax, mono_ax = fig.subplots(1, 2)
@@ -166,9 +166,6 @@ def plot_curves(groups: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
-  import argparse  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description="Convergence of a speech_digits sweep.")
   parser.add_argument("--root", required=True, help="the sweep's root")
   parser.add_argument("--out", default=None, help="default: <root>/report")

@@ -48,11 +48,9 @@ def build_task(config, dataset, vocab_size: int | None = None) -> Task:
 def _speech_task(config, dataset, model, smoothing: float) -> SpeechTask:
   task = config.task
   augment = SpecAugment(*(int(task.get(k, 0)) for k in SpecAugment._fields))
-  return SpeechTask(model, dataset, label_smoothing=smoothing,
-                    ctc_weight=task.get("ctc_weight", 0.3),
-                    ctc_decode_weight=task.get("ctc_decode_weight"), augment=augment,
-                    sort_window=task.get("sort_window", 0))
+  given = {k: task[k] for k in ("ctc_weight", "ctc_decode_weight", "sort_window") if k in task}
+  return SpeechTask(model, dataset, label_smoothing=smoothing, augment=augment, **given)
 
 
-__all__ = ["LMTask", "Seq2SeqTask", "SpeechTask", "TASKS", "Task", "build_task", "check", "cross_entropy",
-           "token_mask"]
+__all__ = ["LMTask", "Seq2SeqTask", "SpeechTask", "TASKS", "Task", "build_task", "check",
+           "cross_entropy", "token_mask"]

@@ -112,10 +112,11 @@ def _decode(params, inputs, input_lengths, *, model, method, beam_size, alpha, m
   variables = {"params": params}
   encoded = model.apply(variables, inputs, input_lengths, method=model.encode)
   batch = inputs.shape[0]
-  if weight == 1.0 and method == "greedy":
+  if weight > 0.0:
     log_probs = jax.nn.log_softmax(model.apply(variables, encoded, method=model.ctc_logits))
-    return ctc.greedy(log_probs, encoded["frames"], blank=PAD_ID, eos_id=EOS_ID,
-                      max_len=max_len)
+    if weight == 1.0 and method == "greedy":
+      return ctc.greedy(log_probs, encoded["frames"], blank=PAD_ID, eos_id=EOS_ID,
+                        max_len=max_len)
   state = model.apply(variables, encoded, input_lengths, method=model.init_decode_state)
   step = lambda s, t: model.apply(variables, s, t, method=model.decode_step)
   if weight == 0.0:
@@ -124,7 +125,6 @@ def _decode(params, inputs, input_lengths, *, model, method, beam_size, alpha, m
     beams = decode.beam_search(step, state, batch, beam_size=beam_size, bos_id=BOS_ID,
                                eos_id=EOS_ID, max_len=max_len, alpha=alpha)[0]
   else:
-    log_probs = jax.nn.log_softmax(model.apply(variables, encoded, method=model.ctc_logits))
     beams = ctc.joint_beam_search(
         None if weight == 1.0 else step, state, log_probs, encoded["frames"], batch,
         ctc_weight=weight, beam_size=1 if method == "greedy" else beam_size, bos_id=BOS_ID,
@@ -187,10 +187,8 @@ class SpeechTask(Seq2SeqTask):
                             batch["decoder_inputs"], deterministic=not train, rngs=rngs,
                             mutable=list(mutable) or False, heads=heads)
 
-  def _heads(self, train: bool) -> tuple[str, ...]:
-    """Training runs only the heads its loss weighs; evaluation reports both."""
-    if not train:
-      return ("attention", "ctc")
+  def _train_heads(self) -> tuple[str, ...]:
+    """Training runs only the heads its loss weighs (evaluation reports both)."""
     return tuple(h for h, w in (("attention", 1.0 - self.ctc_weight), ("ctc", self.ctc_weight))
                  if w > 0)
 
@@ -203,14 +201,13 @@ class SpeechTask(Seq2SeqTask):
                                                 batch["input_lengths"], self.augment))
     sums = {}
     if train:
-      out = self.apply(params, batch, rngs=rngs, train=train, heads=self._heads(train))
+      out = self.apply(params, batch, rngs=rngs, train=train, heads=self._train_heads())
     else:  # the alignment too, for its monotonicity
       out, inter = self.apply(params, batch, mutable=("intermediates",))
       sums.update(monotonic_steps(inter["intermediates"]["attention_weights"][0],
                                   out["frames"], batch))
-    mask = base.token_mask(batch)
-    tokens = jnp.maximum(jnp.sum(mask), 1.0)
-    sums["tokens"], loss = jnp.sum(mask), 0.0
+    sums["tokens"], loss = jnp.sum(base.token_mask(batch)), 0.0
+    tokens = jnp.maximum(sums["tokens"], 1.0)
     if "attention" in out:
       att_loss, att_sums, _ = base.token_losses(out["attention"], batch, self.label_smoothing)
       sums.update(att_sums)

@@ -60,13 +60,18 @@ def _font_size(n: int) -> float:
   return 8 if n <= 24 else 7 if n <= 40 else 6
 
 
+def sparse_ticks(tokens: Sequence[str]) -> tuple[list[int], list[str]]:
+  """Tick positions and labels: every token, or every k-th when there are too many to read."""
+  step = max(1, math.ceil(len(tokens) / _MAX_LABELS))
+  ticks = list(range(0, len(tokens), step))
+  return ticks, [tokens[i] for i in ticks]
+
+
 def _label(axes: np.ndarray, keys: list[str], queries: list[str]) -> None:
   """Key tokens on x, query tokens on y, for panels sharing their axes (or one panel)."""
   ax = axes.flat[0]
   for tokens, set_ticks in ((keys, ax.set_xticks), (queries, ax.set_yticks)):
-    step = max(1, math.ceil(len(tokens) / _MAX_LABELS))
-    ticks = list(range(0, len(tokens), step))
-    set_ticks(ticks, [tokens[i] for i in ticks])
+    set_ticks(*sparse_ticks(tokens))
   rotation = 90 if max(map(len, keys)) > 2 else 0  # upright text for short tokens
   # Shared axes share ticks but not the label style: set it on every panel.
   for ax in axes.flat:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from matplotlib.figure import Figure
 import numpy as np
 
-from attention_jax.viz.heatmaps import DPI, _MAX_LABELS, _figure, _font_size, _tokens
+from attention_jax.viz.heatmaps import DPI, _figure, _font_size, _tokens, sparse_ticks
 
 
 def _shown(tokens: Sequence[Any]) -> list[str]:
@@ -46,9 +46,7 @@ def _draw_alignment(ax, alignment: np.ndarray, tokens: list[str], subsampling: i
   image = np.repeat(alignment, subsampling, axis=1)
   ax.imshow(image, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest",
             extent=(0.0, image.shape[1] * hop_s, len(tokens) - 0.5, -0.5))
-  step = max(1, math.ceil(len(tokens) / _MAX_LABELS))  # label every k-th when many
-  ticks = list(range(0, len(tokens), step))
-  ax.set_yticks(ticks, [tokens[i] for i in ticks])
+  ax.set_yticks(*sparse_ticks(tokens))
   ax.tick_params(axis="y", labelsize=_font_size(len(tokens)), length=0)
   ax.set_ylabel("output")
 
