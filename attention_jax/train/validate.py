@@ -37,9 +37,11 @@ def check_config(config) -> None:
       evaluators.check(name, cfg, task, splits)
   except ConfigError:
     raise
-  except (ValueError, TypeError) as e:
-    raise ConfigError(str(e)) from None
+  except (ValueError, TypeError, ArithmeticError) as e:
+    raise ConfigError(f"{type(e).__name__}: {e}" if isinstance(e, ArithmeticError) else str(e)
+                      ) from None
   _check_selection(config, task)
+  selection_metric(config, task)  # the metric names need no data
 
 
 INF = math.inf
@@ -61,7 +63,8 @@ RANGES = (
     ("task.sort_window", 0, INF, "[)"),
 )
 # Model fields that are sizes or counts (>= 1 when set) and rates in [0, 1), by name.
-SIZE_SUFFIXES = ("_dim", "_layers", "_heads", "d_model", "d_ff", "max_len", "window")
+SIZE_SUFFIXES = ("_dim", "_layers", "_heads", "d_model", "d_ff", "max_len", "window",
+                 "_channels", "_filters", "_width", "_frames")
 EVAL_RANGES = (("beam_alpha", 0, INF, "[)"), ("temperature", 0, INF, "()"))
 
 

@@ -202,6 +202,15 @@ def test_report_never_imports_the_file_sweep_json_names(tmp_path):
   assert "Evil" not in done["markdown"]
 
 
+def test_report_refuses_references_edited_into_a_bad_shape(tmp_path):
+  root, marker = _doctored_root(tmp_path, {"references": [{"source": "Paper"}]})
+  proc = subprocess.run([sys.executable, "-m", "launch.report", f"--root={root}"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and not marker.exists()
+  assert proc.stderr.strip() == ("error: sweep.json: experiment.references is not a list of "
+                                 "records with source, metric and value")
+
+
 def test_report_of_an_old_root_names_how_to_record_references(tmp_path):
   root, marker = _doctored_root(tmp_path, None)  # a sweep from before the record
   proc = subprocess.run([sys.executable, "-m", "launch.report", f"--root={root}"], cwd=ROOT,

@@ -26,6 +26,7 @@ def test_every_shipped_config_and_sweep_trial_is_in_range(path):
 @pytest.mark.parametrize("key,value,allowed", [
     ("train.steps", -5, "[1, inf)"),
     ("train.keep_checkpoints", 0, "[1, inf)"),
+    ("train.log_every", 0, "[1, inf)"),
     ("optim.learning_rate", -0.01, "[0, inf)"),
     ("optim.learning_rate", math.nan, "[0, inf)"),
     ("optim.learning_rate", math.inf, "[0, inf)"),
@@ -50,6 +51,27 @@ def test_out_of_range_values_name_the_key_and_the_interval(key, value, allowed):
     validate.check_config(config)
   assert str(error.value) == (f"{key}={value!r} is out of range; allowed: a number in "
                               f"{allowed}")
+
+
+@pytest.mark.parametrize("every,message", [
+    (0, "train.select_eval='dev' is not a periodic evaluator (every > 0, use_best False); "
+        "periodic: none"),
+    (-1, "evals.dev.every must be at least 0, got -1"),
+])
+def test_an_evaluator_that_never_runs_cannot_select(every, message):
+  config = experiment.load(G2P).get_config("smoke=True")
+  config.evals.dev.every = every
+  with pytest.raises(validate.ConfigError) as error:
+    validate.check_config(config)
+  assert str(error.value) == message
+
+
+def test_a_misspelt_selection_metric_is_refused_without_the_data():
+  config = experiment.load(G2P).get_config("smoke=True")
+  config.train.select_by = "werr"
+  with pytest.raises(validate.ConfigError) as error:
+    validate.check_config(config)  # check_config opens no data set
+  assert str(error.value).startswith("train.select_by='werr' is not a metric of evaluator 'dev'")
 
 
 def test_in_range_edges_pass():
@@ -124,11 +146,17 @@ def test_a_bare_boolean_argument_means_true():
     ("time_width", -3, "task.time_width=-3 is out of range; allowed: a number in [0, inf)"),
     ("ctc_decode_weight", 0.3, "task.ctc_decode_weight=0.3 needs a trained CTC head: "
                                "task.ctc_weight is 0"),
+    ("model.frontend_channels", 0,
+     "model.frontend_channels=0 is out of range; allowed: a number in [1, inf)"),
+    ("model.conv_width", 0, "model.conv_width=0 is out of range; allowed: a number in [1, inf)"),
+    ("model.conv_filters", -2,
+     "model.conv_filters=-2 is out of range; allowed: a number in [1, inf)"),
 ])
 def test_speech_task_values_are_checked_before_anything_runs(key, value, message):
   config = experiment.load(os.path.join(ROOT, "experiments", "speech_digits.py")).get_config(
-      "smoke,ctc_weight=0.0")
-  config.task[key] = value
+      "smoke,ctc_weight=0.0,score=location_aware")
+  section, name = key.split(".") if "." in key else ("task", key)
+  config[section][name] = value
   with pytest.raises(validate.ConfigError) as error:
     validate.check_config(config)
   assert str(error.value) == message

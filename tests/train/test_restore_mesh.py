@@ -1,5 +1,6 @@
-"""A checkpoint saved on one mesh restores on another (8 simulated devices <-> 1, 2x4 -> 4x2
-and 8x1) to the same train state, laid out on the new mesh."""
+"""A checkpoint saved on one mesh restores on another to the same train state, laid out on
+the new mesh: saved on 8 simulated devices (2x4), restored on 1 and on 4x2; saved on 1,
+restored on 4x2 and 8x1."""
 import json
 import os
 import subprocess
@@ -76,7 +77,7 @@ def _assert_same_state(saved, restored):
 def test_checkpoints_restore_across_meshes(tmp_path):
   one, eight = tmp_path / "saved_on_1", tmp_path / "saved_on_8"
   _run(1, one)
-  restored = _run(8, eight, f"{one}=[4,2]", f"{one}=[8,1]")
+  restored = _run(8, eight, f"{one}=[4,2]", f"{one}=[8,1]", f"{eight}=[4,2]")
   restored.update(_run(1, "", f"{eight}=[1,1]"))
   for item, info in restored.items():
     path, shape = item.split("=")
@@ -85,4 +86,5 @@ def test_checkpoints_restore_across_meshes(tmp_path):
     _assert_same_state(f"{path}.npz", f"{path}_on_{shape}.npz")
   # The 4x2 restore really splits the heads over 'model' (else it proves little).
   assert "model" in restored[f"{one}=[4,2]"]["kernel_spec"]
+  assert restored[f"{eight}=[4,2]"]["mesh"] == {"data": 4, "model": 2}
   assert restored[f"{eight}=[1,1]"]["mesh"] == {"data": 1, "model": 1}
