@@ -95,8 +95,10 @@ class LMTask(base.Task):
   def metric_names(self, scorers: str) -> list[str]:
     if scorers:
       raise ValueError(f"the lm task scores no decoded text; got scorers {scorers!r}")
+    # Without the data set (the config check) a character vocabulary is still possible.
+    chars = self._chars or self.dataset is None
     return ["loss", "nll", "accuracy", "perplexity", "bits_per_token",
-            *(["bits_per_char"] if self._chars else [])]
+            *(["bits_per_char"] if chars else [])]
 
   def decode_limit(self) -> int:
     return self.model.max_decode_len
