@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention_jax.decode.sampling import StepFn
+from attention_jax.layers.multihead import KVCache
 
 Array = jax.Array
 _NEG = -1.0e9  # a "minus infinity" that keeps arithmetic finite
@@ -27,20 +28,40 @@ def length_penalty(length: Array, alpha: float) -> Array:
   return ((5.0 + length) / 6.0) ** alpha
 
 
+def _is_cache(x: Any) -> bool:
+  return isinstance(x, KVCache)
+
+
 def repeat_for_beams(state: Any, beam_size: int) -> Any:
-  """Repeat every leaf `[batch, ...]` to `[batch * beam_size, ...]` (beam axis inner)."""
-  return jax.tree.map(lambda x: jnp.repeat(x, beam_size, axis=0), state)
+  """Repeat every leaf `[batch, ...]` to `[batch * beam_size, ...]` (beam axis inner).
+
+  A `KVCache` gains its `owner` table: the beams of a sequence then share their
+  group's rows (`layers.multihead`), and every position starts in the first row.
+  """
+  def repeat(x):
+    x = jax.tree.map(lambda a: jnp.repeat(a, beam_size, axis=0), x)
+    if not _is_cache(x) or x.owner is not None:
+      return x
+    positions = x.key.shape[:-3] + x.key.shape[-2:-1]  # [batch * k, (layers,) max_len]
+    return x._replace(owner=jax.nn.one_hot(jnp.zeros(positions, jnp.int32), beam_size))
+  return jax.tree.map(repeat, state, is_leaf=_is_cache)
 
 
 def _gather_state(state: Any, indices: Array, beam_size: int) -> Any:
   """Reorder beams: leaves `[batch * beam_size, ...]`, indices `[batch, beam_size]`.
 
   One row gather on the flat axis: `take_along_axis` on the beam axis became a
-  select over all k beams of every KV cache, k times the memory traffic.
+  select over all k beams of every KV cache, k times the memory traffic. Caches
+  keep their keys and values in place: only which rows a hypothesis reads moves.
   """
   batch = indices.shape[0]
   rows = (jnp.arange(batch)[:, None] * beam_size + indices).reshape(-1)  # [batch * beam_size]
-  return jax.tree.map(lambda x: jnp.take(x, rows, axis=0, mode="clip"), state)
+  take = lambda x: jnp.take(x, rows, axis=0, mode="clip")
+  def reorder(x):
+    if _is_cache(x) and x.owner is not None:
+      return x._replace(index=take(x.index), owner=take(x.owner))
+    return take(x)
+  return jax.tree.map(reorder, state, is_leaf=_is_cache)
 
 
 def _take(seqs: Array, indices: Array) -> Array:

@@ -131,6 +131,10 @@ MODELS = {
     "transformer": lambda: EncoderDecoderTransformer(
         vocab_size=9, d_model=16, num_heads=2, d_ff=32, num_layers=2, max_len=12,
         dropout_rate=0.0),
+    # Beams share cache rows (KVCache.owner) through scanned layers and grouped-query heads.
+    "transformer scanned gqa": lambda: EncoderDecoderTransformer(
+        vocab_size=9, d_model=16, num_heads=4, num_kv_heads=2, d_ff=32, num_layers=2,
+        max_len=12, dropout_rate=0.0, scan_layers=True),
     "rnn bahdanau": lambda: RNNSeq2Seq(vocab_size=9, attention="bahdanau", score="additive",
                                        cell="gru", hidden_dim=16, src_embed_dim=8,
                                        tgt_embed_dim=8),

@@ -144,3 +144,28 @@ def test_heads_must_divide():
   x, _ = _data()
   with pytest.raises(ValueError, match=r"num_heads \(3\) must be a multiple of num_kv_heads \(2\)"):
     MultiHeadAttention(num_heads=3, head_dim=2, num_kv_heads=2).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_shared_row_cache_attends_to_each_hypothesis_own_history(kv_heads):
+  """Beam search's cache (`owner`): hypothesis i of a group reads position s from row
+  owner[i, s]. Its step output equals the full causal forward over the history it owns."""
+  groups, k, t, d = 2, 3, 4, D
+  rng = np.random.default_rng(4)
+  rows_x = jnp.float32(rng.normal(size=(groups * k, t, d)))  # what each row holds
+  step_x = jnp.float32(rng.normal(size=(groups * k, 1, d)))
+  owner_rows = rng.integers(0, k, size=(groups * k, t))
+  mha = MultiHeadAttention(num_heads=4, head_dim=3, num_kv_heads=kv_heads)
+  variables = _init(mha, rows_x, is_causal=True)
+  _, cache = mha.apply(variables, rows_x, is_causal=True, cache=mha.init_cache(groups * k, t + 2))
+  owner = np.zeros((groups * k, t + 2, k), np.float32)
+  owner[np.arange(groups * k)[:, None], np.arange(t), owner_rows] = 1.0
+  out, cache = mha.apply(variables, step_x, is_causal=True,
+                         cache=cache._replace(owner=jnp.asarray(owner)))
+  np.testing.assert_array_equal(cache.owner[:, t], np.eye(k)[np.arange(groups * k) % k])
+  for n in range(groups * k):
+    group = n // k * k
+    history = np.stack([rows_x[group + owner_rows[n, s], s] for s in range(t)])
+    sequence = jnp.concatenate([jnp.asarray(history), step_x[n]], axis=0)[None]
+    full, _ = mha.apply(variables, sequence, is_causal=True)
+    np.testing.assert_allclose(out[n, 0], full[0, -1], rtol=1e-5, atol=1e-5)
