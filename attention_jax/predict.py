@@ -5,7 +5,9 @@ r"""Decode inputs with a trained run: one prediction and its log-probability per
         [--temperature=T] [--seed=S] [--heatmap=DIR] [--format=text|json] [--input=FILE] \
         [inputs ...]
 
-Inputs come from the arguments, else `--input=FILE`, else stdin, one per line. The run's
+Inputs come from the arguments, else `--input=FILE`, else stdin, one per line: texts, or
+for a speech run paths of audio files (any rate, mixed to mono, resampled to the data
+set's 8 kHz, log-mel as in training). The run's
 `config.json` gives the model and the data set (whose vocabularies encode the inputs, as
 the trainer opens them). A score is log p(output | input) summed over the output's tokens
 (EOS included), from one teacher-forced pass over the decoded output. For the lm task an
@@ -21,7 +23,6 @@ import sys
 
 from absl import app, flags, logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -118,15 +119,17 @@ def input_limit(model) -> int | None:
 
 def decode_budget(task, batch: dict, max_len: int) -> int:
   """--max_len, else the evaluators' default (the dev split's longest reference plus half
-  again), or more for a longer input: its length plus half again."""
+  again), or more for a longer text input: its length plus half again."""
   if max_len:
     try:
       task.check_decode_len(max_len, "--max_len")
     except ValueError as e:
       raise PredictError(str(e)) from None
     return max_len
-  longest = int(batch["input_lengths"].max())  # EOS included
-  budget = max(task.default_decode_len("dev"), longest + max(4, longest // 2))
+  budget = task.default_decode_len("dev")
+  if not _is_audio(task):  # frames say little about the length of the output
+    longest = int(batch["input_lengths"].max())  # EOS included
+    budget = max(budget, longest + max(4, longest // 2))
   return min(budget, task.decode_limit() or budget)
 
 
@@ -138,30 +141,45 @@ def decode_ids(task, params, batch: dict, max_len: int) -> np.ndarray:
   return ids[:, :_NBEST.value] if nbest else ids[:, None]
 
 
-def log_probs(task, params, batch: dict, finished: list[bool]) -> np.ndarray:
-  """log p(targets | inputs) `[batch]` summed over the real target tokens, teacher-forced.
-  An output cut at max_len has no EOS: the pipeline's is left out of its sum."""
-  batch = dict(batch, target_lengths=batch["target_lengths"] - 1 + np.asarray(finished, np.int32))
-  logits = task.apply(params, batch)
-  nll, _ = tasks.cross_entropy(logits, jnp.asarray(batch["targets"]), 0.0)
-  return -np.asarray(jnp.sum(nll * tasks.token_mask(batch), axis=1))
+def _is_audio(task) -> bool:
+  return bool(getattr(task.dataset, "feature_dim", None))
 
 
-def predict_chunk(task, params, texts: list[str], step: int, offset: int) -> list[dict]:
-  """The results of `texts` (inputs `offset`... of the command); draws their heatmaps."""
+def input_records(task, texts: list[str]) -> list[dict]:
+  """The inputs as the data set's records: texts checked against the vocabulary and the
+  model's limit; audio files (speech) read into log-mel frames and checked against it."""
   dataset = task.dataset
-  batch = io_lib.make_batch(dataset, texts)
+  if not _is_audio(task):
+    vocab = dataset.target_vocab if task.name == "lm" else dataset.input_vocab
+    io_lib.check_inputs(vocab, texts, input_limit(task.model))
+    return [dataset.input_record(text) for text in texts]
+  records = [dataset.input_record(path) for path in texts]  # a DataError names a bad file
+  limit = task.model.max_frames if task.model.encoder_type == "transformer" else None
+  for record in records:
+    frames = len(record["features"])
+    if limit is not None and frames > limit:
+      raise PredictError(f"input {record['inputs']!r} is {frames} frames long, longer than "
+                         f"the model's limit of {limit} (model.max_frames)")
+  return records
+
+
+def predict_chunk(task, params, records: list[dict], step: int, offset: int) -> list[dict]:
+  """The results of `records` (inputs `offset`... of the command); draws their heatmaps.
+  A score is the task's `output_scores`: log p(output | input) for text, the decoding's
+  mix of attention and CTC log-probabilities for speech."""
+  dataset = task.dataset
+  batch = io_lib.make_batch(dataset, records)
   ids = decode_ids(task, params, batch, decode_budget(task, batch, _MAX_LEN.value))
   n = ids.shape[1]
   outputs = [io_lib.until_eos(row) for row in ids.reshape(-1, ids.shape[-1])]
-  repeated = [t for t in texts for _ in range(n)]
+  repeated = [r for r in records for _ in range(n)]
   scored = io_lib.make_batch(dataset, repeated, [o for o, _ in outputs])
-  scores = log_probs(task, params, scored, [done for _, done in outputs])
+  scores = task.output_scores(params, scored, [done for _, done in outputs])
   results = []
-  for i, text in enumerate(texts):
+  for i, record in enumerate(records):
     best = [{"prediction": task.text(ids[i, k]), "score": float(scores[i * n + k])}
             for k in range(n)]
-    results.append({"input": text, "prediction": best[0]["prediction"],
+    results.append({"input": record["inputs"], "prediction": best[0]["prediction"],
                     "score": best[0]["score"], "nbest": best})
   if _HEATMAP.value:
     draw(task, params, {k: v[::n] for k, v in scored.items()}, step, offset)
@@ -211,14 +229,13 @@ def run(workdir: str, args: list[str]) -> list[dict]:
   texts = io_lib.read_inputs(args, _INPUT.value)
   if not texts:
     raise PredictError("no inputs: give them as arguments, with --input=FILE or on stdin")
-  vocab = task.dataset.target_vocab if task.name == "lm" else task.dataset.input_vocab
-  io_lib.check_inputs(vocab, texts, input_limit(task.model))
+  records = input_records(task, texts)
   params = restore_params(config, task, workdir, name, step)
   if task.name == "lm":
     return [predict_lm_one(task, params, text, step, i) for i, text in enumerate(texts)]
   size = config.data.eval_batch_size
-  return [r for i in range(0, len(texts), size)
-          for r in predict_chunk(task, params, texts[i:i + size], step, i)]
+  return [r for i in range(0, len(records), size)
+          for r in predict_chunk(task, params, records[i:i + size], step, i)]
 
 
 def main(argv):

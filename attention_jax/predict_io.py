@@ -42,9 +42,10 @@ class _Records:
   decoded ids need not survive a round trip through text.
   """
 
-  def __init__(self, dataset, texts: Sequence[str], outputs: Sequence[Sequence[int]]):
+  def __init__(self, dataset, records: Sequence[dict], outputs: Sequence[Sequence[int]]):
     self.name, self._dataset = dataset.name, dataset
-    self._records = [{"inputs": t, "targets": "", "ids": list(o)} for t, o in zip(texts, outputs)]
+    self.feature_dim = getattr(dataset, "feature_dim", None)  # speech: frames, not ids
+    self._records = [dict(r, ids=list(o)) for r, o in zip(records, outputs)]
 
   def source(self, split: str) -> list[dict]:
     del split
@@ -54,18 +55,22 @@ class _Records:
     return self._dataset.tokenize(record)[0], record["ids"]
 
 
-def make_batch(dataset, texts: Sequence[str], outputs: Sequence[Sequence[int]] | None = None
-               ) -> dict[str, np.ndarray]:
-  """The pipeline's batch of `texts` (targets: `outputs`, ids without EOS; default none),
-  padded to the longest row, not to a bucket: a bucket may pass the model's length limit."""
-  outputs = outputs if outputs is not None else [[] for _ in texts]
-  records = _Records(dataset, texts, outputs)
-  longest_in = max(len(dataset.tokenize({"inputs": t, "targets": ""})[0]) for t in texts)
+def make_batch(dataset, inputs: Sequence[str | dict],
+               outputs: Sequence[Sequence[int]] | None = None) -> dict[str, np.ndarray]:
+  """The pipeline's batch of `inputs` (texts, or records of `dataset.input_record`; targets:
+  `outputs`, ids without EOS; default none), padded to the longest row, not to a bucket: a
+  bucket may pass the model's length limit. Feature frames get no EOS, as in training."""
+  records = [dataset.input_record(x) if isinstance(x, str) else x for x in inputs]
+  outputs = outputs if outputs is not None else [[] for _ in records]
+  longest_in = max(len(dataset.tokenize(r)[0]) for r in records)
   longest_out = max(max(len(o) for o in outputs), 1)
+  source = _Records(dataset, records, outputs)
   batches = pipeline.make_pipeline(
-      records, "predict", batch_size=len(texts), train=False, max_input_length=longest_in,
-      max_target_length=longest_out, input_buckets=(longest_in + 1,),
-      target_buckets=(longest_out + 1,), num_threads=0, process_index=0, process_count=1)
+      source, "predict", batch_size=len(records), train=False,
+      max_input_length=longest_in, max_target_length=longest_out,
+      input_buckets=(longest_in + 1,), target_buckets=(longest_out + 1,),
+      add_eos_to_inputs=source.feature_dim is None, num_threads=0,
+      process_index=0, process_count=1)
   return next(iter(batches))
 
 

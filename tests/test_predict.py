@@ -2,6 +2,7 @@
 decoding, scores against a NumPy greedy loop, beams, inputs, formats, heatmaps, errors, and
 a workdir left exactly as it was."""
 import io
+import itertools
 import json
 import os
 import shutil
@@ -254,3 +255,78 @@ def test_lm_continues_prompts_as_a_full_forward_argmax_does(data_dir, lm):
   wrong = _predict(data_dir, lm, "--decode=beam", "Time")
   assert wrong.returncode == 2 and wrong.stderr == (
       "error: --decode=beam is not a decoding of task 'lm'; known: sample, greedy\n")
+
+
+@pytest.fixture(scope="module")
+def speech(data_dir, spoken_digit_recordings, tmp_path_factory):
+  """The speech model (joint CTC-attention, CTC decode weight 0.5) after 2 steps on tones."""
+  return _train(data_dir, tmp_path_factory.mktemp("speech") / "W",
+                "experiments/speech_digits.py", "--config.train.steps=2",
+                "--config.evals.dev.every=2", "--config.task.ctc_weight=0.5",
+                f"--config.data.manual_dir={spoken_digit_recordings}", data_flags=())
+
+
+def _ctc_log_prob(logits: np.ndarray, labels: list[int]) -> float:
+  """log p_ctc(labels | frames) by brute force: every path over the frames that collapses
+  (repeats merged, then blanks dropped) to the labels."""
+  logp = logits - logits.max(-1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+  total = -np.inf
+  for path in itertools.product(range(logits.shape[1]), repeat=len(logits)):
+    merged = [p for i, p in enumerate(path) if i == 0 or p != path[i - 1]]
+    if [p for p in merged if p != 0] == labels:
+      total = np.logaddexp(total, logp[np.arange(len(path)), path].sum())
+  return float(total)
+
+
+def test_speech_inputs_are_audio_files_scored_by_the_decodings_mix(data_dir, speech,
+                                                                    spoken_digit_recordings,
+                                                                    tmp_path):
+  import librosa  # pylint: disable=g-import-not-at-top
+  import soundfile  # pylint: disable=g-import-not-at-top
+  from attention_jax.data import spoken_digits  # pylint: disable=g-import-not-at-top
+  plain = os.path.join(spoken_digit_recordings, "7_alice_3.wav")
+  tone = np.sin(2 * np.pi * 700 * np.arange(1600) / 16000)
+  stereo = str(tmp_path / "mine.flac")  # 16 kHz stereo, another format
+  soundfile.write(stereo, np.stack([0.3 * tone, 0.1 * tone], 1), 16000)
+  out = tmp_path / "maps"
+  results = _json(_predict(data_dir, speech, "--format=json", f"--heatmap={out}", plain, stereo))
+  assert [r["input"] for r in results] == [plain, stereo]
+  assert sorted(os.listdir(out)) == ["input_0_alignment.png", "input_1_alignment.png"]
+  # The features as the data builder computes them, after reading and resampling here.
+  mixed = soundfile.read(stereo, dtype="float32")[0].mean(axis=1)  # FLAC holds 16-bit samples
+  audio = [soundfile.read(plain, dtype="float32")[0],
+           librosa.resample(mixed, orig_sr=16000, target_sr=8000)]
+  config, task, params = _load(data_dir, speech, 2)
+  records = [{"inputs": p, "targets": "", "features": spoken_digits.log_mel(a)}
+             for p, a in zip((plain, stereo), audio)]
+  np.testing.assert_allclose(task.dataset.input_record(stereo)["features"],
+                             records[1]["features"], atol=1e-4)
+  batch = predict_io.make_batch(task.dataset, records)
+  ids = task.predict(params, batch, method="greedy", max_len=task.default_decode_len("dev"))
+  assert [r["prediction"] for r in results] == [task.text(row) for row in ids]
+  # Score: 0.5 log p_attention (NumPy log-softmax, EOS included when emitted) + 0.5 log p_ctc
+  # (brute force over the alignments).
+  for i, result in enumerate(results):
+    labels, finished = predict_io.until_eos(ids[i])
+    row = predict_io.make_batch(task.dataset, records[i:i + 1], [labels])
+    out = task.apply(params, row)
+    logits = np.asarray(out["attention"][0], np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    tokens = labels + [EOS_ID] * finished
+    attention = sum(logp[t, y] for t, y in enumerate(tokens))
+    frames = int(out["frames"][0])
+    ctc = _ctc_log_prob(np.asarray(out["ctc"][0, :frames], np.float64), labels)
+    assert np.isfinite(ctc) and frames >= 2  # a real sum over alignments
+    np.testing.assert_allclose(result["score"], 0.5 * attention + 0.5 * ctc, rtol=1e-4)
+
+
+def test_speech_input_that_is_not_audio_is_one_line(data_dir, speech, tmp_path):
+  bad = tmp_path / "notes.wav"
+  bad.write_text("not audio")
+  for path in (str(bad), str(tmp_path / "missing.wav")):
+    proc = _predict(data_dir, speech, path)
+    assert proc.returncode == 2 and not proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: not a readable audio file")

@@ -31,6 +31,7 @@ from attention_jax.data.errors import DamagedDataError, DataError, MissingDataEr
 from attention_jax.data.fortunes import Fortunes, find_fortune_files
 from attention_jax.data.freedict import FreedictDeuEng, find_source_file
 from attention_jax.data.spoken_digits import SpokenDigits, check_source as check_recordings
+from attention_jax.data.spoken_digits import file_features
 from attention_jax.data.text_builder import INPUT_VOCAB_FILE, TARGET_VOCAB_FILE
 from attention_jax.data.vocab import SentencePieceVocabulary, SymbolVocabulary
 
@@ -52,6 +53,7 @@ class Spec:
   how_to_prepare: str = ""          # shown when the data set is missing and cannot be built here
   input_kind: str = "text"          # "text", or "features": float arrays [frames, dim] the
                                     # pipeline takes as inputs (`FeatureDataset`)
+  featurize: Any = None             # features: a file's path -> its frames (predict's inputs)
 
 
 DATASETS = {
@@ -81,7 +83,7 @@ DATASETS = {
         SpokenDigits, "spoken_digits", ("words", "digits", "unseen_speaker", "small"),
         split_names=(("train", "train"), ("dev", "dev"), ("test", "test"),
                      ("test_seen", "test_seen")),  # test_seen: unseen_speaker only
-        input_kind="features"),
+        input_kind="features", featurize=file_features),
 }
 
 # Builders whose raw files are checked before TFDS creates any directory:
@@ -265,6 +267,10 @@ class Dataset:
   def tokenize(self, record: dict) -> tuple[list[int], list[int]]:
     return self.input_vocab.encode(record["inputs"]), self.target_vocab.encode(record["targets"])
 
+  def input_record(self, text: str) -> dict:
+    """The record of a text given as an input (predict)."""
+    return {"inputs": text, "targets": ""}
+
   def texts(self, split: str) -> list[dict]:
     """All records of a split in order (cached): what evaluation compares against."""
     if split not in self._texts_cache:
@@ -362,6 +368,10 @@ class FeatureDataset(Dataset):
 
   def tokenize(self, record: dict) -> tuple[np.ndarray, list[int]]:
     return record["features"], self.target_vocab.encode(record["targets"])
+
+  def input_record(self, path: str) -> dict:
+    """The record of an audio file given as an input (predict): its features."""
+    return {"inputs": path, "targets": "", "features": self.spec.featurize(path)}
 
 
 class FeatureSource(RecordSource):

@@ -244,6 +244,22 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
   return ((logmel - mean) / np.maximum(std, STD_FLOOR)).astype(np.float32)
 
 
+def file_features(path: str) -> np.ndarray:
+  """`log_mel` of an audio file as the model hears it: mono, resampled to 8 kHz (predict's
+  inputs; FSDD's own recordings are already both). A DataError names an unreadable file."""
+  try:
+    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+  except (RuntimeError, OSError) as e:  # soundfile's LibsndfileError is a RuntimeError
+    raise DataError(f"{path}: not a readable audio file ({first_line(e)})") from None
+  audio = audio.mean(axis=1)
+  if audio.size == 0:
+    raise DataError(f"{path}: the audio file holds no samples")
+  if rate != SAMPLE_RATE:
+    import librosa  # pylint: disable=g-import-not-at-top
+    audio = librosa.resample(audio, orig_sr=rate, target_sr=SAMPLE_RATE)
+  return log_mel(audio)
+
+
 def _load(recordings: list[Recording]) -> tuple[dict[str, np.ndarray], str]:
   """(stem -> float32 samples, SHA-256 over every file's name and bytes)."""
   audio, digest = {}, hashlib.sha256()

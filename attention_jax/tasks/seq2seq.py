@@ -63,6 +63,15 @@ def _tokens(vocab, ids) -> list[str]:
   return out
 
 
+def output_log_probs(logits: Array, batch: dict, finished: Sequence[bool]) -> np.ndarray:
+  """log p(targets) `[B]` from teacher-forced logits, summed over the real target tokens.
+  An output cut at the decode budget (`finished` False) has no EOS: the pipeline's is left
+  out of its sum."""
+  batch = dict(batch, target_lengths=batch["target_lengths"] - 1 + np.asarray(finished, np.int32))
+  nll, _ = base.cross_entropy(logits, jnp.asarray(batch["targets"]), 0.0)
+  return -np.asarray(jnp.sum(nll * base.token_mask(batch), axis=1))
+
+
 class Seq2SeqTask(base.Task):
   """`model(inputs, input_lengths, decoder_inputs) -> logits` and the decoding interface."""
 
@@ -141,6 +150,10 @@ class Seq2SeqTask(base.Task):
     method = "beams" if method == "beam" and all_beams else method
     return _decode(params, batch["inputs"], batch["input_lengths"], model=self.model,
                    method=method, beam_size=beam_size, alpha=alpha, max_len=max_len)
+
+  def output_scores(self, params, batch: dict, finished: Sequence[bool]) -> np.ndarray:
+    """log p(targets | inputs) `[B]`, teacher-forced (predict's score)."""
+    return output_log_probs(self.apply(params, batch), batch, finished)
 
   def text(self, ids) -> str:
     return self.dataset.target_vocab.decode(ids)

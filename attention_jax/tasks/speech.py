@@ -37,7 +37,7 @@ from attention_jax.decode import ctc
 from attention_jax.evaluate import metrics as metrics_lib
 from attention_jax.models.speech import SUBSAMPLING
 from attention_jax.tasks import base
-from attention_jax.tasks.seq2seq import Seq2SeqTask, _tokens
+from attention_jax.tasks.seq2seq import Seq2SeqTask, _tokens, output_log_probs
 from attention_jax.viz import speech as speech_viz
 
 Array = jax.Array
@@ -247,6 +247,14 @@ class SpeechTask(Seq2SeqTask):
     return _decode(params, batch["inputs"], batch["input_lengths"], model=self.model,
                    method=method, beam_size=beam_size, alpha=alpha, max_len=max_len,
                    weight=self.decode_weight)
+
+  def output_scores(self, params, batch: dict, finished) -> np.ndarray:
+    """The decoding's own score `[B]`: (1 - w) log p_attention + w log p_ctc with w the CTC
+    decode weight (CTC scores the tokens without EOS, finished or not)."""
+    w, out = self.decode_weight, self.apply(params, batch)
+    attention = output_log_probs(out["attention"], batch, finished) if w < 1 else 0.0
+    ctc = -np.asarray(ctc_losses(out["ctc"], out["frames"], batch)) if w > 0 else 0.0
+    return (1.0 - w) * attention + w * ctc
 
   def show(self, example: dict, prediction: str) -> str:
     return f"[{example['inputs']}] -> {prediction!r} (reference {example['references'][0]!r})"
