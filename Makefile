@@ -22,7 +22,8 @@ constraints:
 	rm -rf .venv-refresh && $(PYTHON) -m venv .venv-refresh
 	.venv-refresh/bin/python -m pip install --quiet --upgrade pip
 	.venv-refresh/bin/python -m pip install --quiet -e '.[dev]'
-	{ head -n 2 constraints.txt; .venv-refresh/bin/python -m pip freeze --exclude-editable; } \
+	{ head -n 2 constraints.txt; .venv-refresh/bin/python -m pip freeze --exclude-editable \
+	  | grep -v '^# Editable'; } \
 	  > constraints.txt.new && mv constraints.txt.new constraints.txt
 	rm -rf .venv-refresh
 
