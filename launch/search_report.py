@@ -52,6 +52,11 @@ def rows(study: optuna.Study, manifest: dict) -> list[dict]:
                                     r["number"]))
 
 
+def _param(value) -> str:
+  """A suggested value for the table: floats to 4 significant digits (the CSV keeps all)."""
+  return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _number(metric: str, value: float | None) -> str:
   # The grid's number format (percent for rates), for one value.
   return "" if value is None else report_lib._fmt(metric, (value, 0.0, 1))  # pylint: disable=protected-access
@@ -69,7 +74,7 @@ def markdown(manifest: dict, study_info: dict, table: list[dict], notes: list[st
   for i, r in enumerate(table):
     last = f"{_number(metric, r['last'][0])} ({r['last'][1]})" if r["last"] else ""
     cells = ["**best**" if i == 0 and r["state"] == "complete" else "", r["name"], r["state"],
-             _number(metric, r["value"]), *(str(r["params"].get(k, "-")) for k in keys), last,
+             _number(metric, r["value"]), *(_param(r["params"].get(k, "-")) for k in keys), last,
              f"{r['seconds']:.0f}" if r["seconds"] is not None else ""]
     lines.append("| " + " | ".join(cells) + " |")
   best = table[0] if table and table[0]["state"] == "complete" else None
