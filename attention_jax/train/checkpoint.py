@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from typing import Any, Callable
 
 import jax
@@ -172,10 +173,21 @@ class Checkpoints:
     return WriteError(f"could not write {path} ({first_line(e)}); {self.last_good()}")
 
   def _remove_partials(self) -> None:
-    """Deletes the temporary directories of failed saves, freeing the space they took."""
-    if jax.process_index() == 0:
-      for partial in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+    """Deletes the temporary directories of failed saves, freeing the space they took.
+
+    Writes that orbax stopped awaiting when the save failed can still land after a first
+    removal and create the directory again, so removal repeats until it stays gone for
+    50 ms (at most 2 s; only after a failure: with nothing to remove it returns at once).
+    """
+    if jax.process_index() != 0:
+      return
+    for _ in range(40):
+      partials = glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*"))
+      if not partials:
+        return
+      for partial in partials:
         shutil.rmtree(partial, ignore_errors=True)
+      time.sleep(0.05)
 
   def last_good(self) -> str:
     """Where the run can resume from, for messages."""
