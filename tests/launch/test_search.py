@@ -147,7 +147,9 @@ def test_slurm_search_with_wait_reports_and_prunes(tmp_path):
        "--backend=slurm", "--cluster=local", "--wait"],
       cwd=ROOT, env=_env(tmp_path), text=True, capture_output=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  assert "submit trial-0000: job" in proc.stdout and "pruned trial-0001" in proc.stdout
+  log = (root / "trial-0001" / "log.txt").read_text()[-3000:]
+  assert "submit trial-0000: job" in proc.stdout and "pruned trial-0001" in proc.stdout, (
+      proc.stdout[-3000:] + "\ntrial-0001's log:\n" + log)
   assert [t.state.name for t in _study(root).trials] == ["COMPLETE", "PRUNED"]
   assert max(_train_steps(root / "trial-0001")) < 150
 
