@@ -165,6 +165,7 @@ class Search(sweep_lib.Sweep):
     self.resumable: list[str] = []
     self.tails: dict[str, MetricsTail] = {}
     self.reported: dict[str, set[int]] = {}
+    self.unreported: dict[str, list[dict]] = {}
     self.live: dict[str, optuna.trial.Trial] = {}
     self.select: dict[str, str] = {}
     self.bad: str | None = None  # a search space that cannot make a config: exit 2
@@ -255,26 +256,35 @@ class Search(sweep_lib.Sweep):
       self.study.tell(number, value if state == TrialState.COMPLETE else None, state=state,
                       skip_if_finished=True)
 
+  def report_new(self, name: str) -> dict | None:
+    """Reports the trial's evaluations not yet told to Optuna; the last one, or None.
+    Rows read but not reported (a report that raised) are kept for the next look."""
+    rows = self.unreported.setdefault(name, [])
+    rows += [r for r in self.tails[name].rows() if r.get("split") == self.select[name]
+             and isinstance(r.get("step"), int)
+             and isinstance(r.get(self.objective), (int, float))]
+    last = None
+    with self.optuna_lock:
+      while rows:
+        if rows[0]["step"] not in self.reported[name]:
+          self.live[name].report(rows[0][self.objective], rows[0]["step"])
+          self.reported[name].add(rows[0]["step"])
+        last = rows.pop(0)
+    return last
+
   def on_poll(self, name: str) -> bool:
     """Reports the trial's new evaluations; True when the pruner stops it."""
     try:
-      rows = [r for r in self.tails[name].rows() if r.get("split") == self.select[name]
-              and isinstance(r.get("step"), int)
-              and isinstance(r.get(self.objective), (int, float))]
+      last = self.report_new(name)
       with self.optuna_lock:
-        trial = self.live[name]
-        for row in rows:
-          if row["step"] not in self.reported[name]:
-            trial.report(row[self.objective], row["step"])
-            self.reported[name].add(row["step"])
-        if not rows or not trial.should_prune():
+        if last is None or not self.live[name].should_prune():
           return False
     except Exception as e:  # pylint: disable=broad-except  # never leave a trial unwatched
       print(f"warn  {name}: reading its metrics: {e}", flush=True)
       return False
-    step = rows[-1]["step"]
-    self.manifest.update(name, pruned_at=step)  # a rerun after a killed sweep tells PRUNED
-    print(f"prune {name} at step {step}: {self.objective} {rows[-1][self.objective]:.4g} "
+    # Recorded first: a rerun after a killed sweep tells it PRUNED.
+    self.manifest.update(name, pruned_at=last["step"])
+    print(f"prune {name} at step {last['step']}: {self.objective} {last[self.objective]:.4g} "
           f"(pruner {self.args.pruner}); stopping it", flush=True)
     return True
 
@@ -287,6 +297,11 @@ class Search(sweep_lib.Sweep):
                            ended=sweep_lib.manifest_lib.now())
       print(f"pruned {name} at step {record['pruned_at']} {self.count_line()}", flush=True)
       return
+    if name in self.live and name in self.tails:
+      try:  # the evaluations written since the last look, so later trials compare with them
+        self.report_new(name)
+      except Exception as e:  # pylint: disable=broad-except
+        print(f"warn  {name}: reading its metrics: {e}", flush=True)
     super().on_end(name, code, interrupted)
     self.tell_end(name)
 

@@ -183,6 +183,39 @@ def test_rerun_after_a_killed_sweep_tells_or_resumes_its_running_trials(tmp_path
   assert rerun.ask() == "trial-0003" and rerun.ask() is None  # 4 trials in all
 
 
+def test_evaluations_are_reported_once_even_when_written_after_the_last_look(tmp_path):
+  """Rows a look could not report (the journal raised) are reported at the next one, and
+  the rows a trial wrote after the last look are reported when its end is seen."""
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  args = types.SimpleNamespace(root=str(tmp_path), config=SPEC, sweep="sweep", search="optuna",
+                               trials=1, pruner="none", objective=None, seeds=0, backend="local")
+  run = search.Search(args, search.setup(args))
+  name = run.ask()
+  os.makedirs(tmp_path / name)
+  metrics = tmp_path / name / "metrics.jsonl"
+
+  def write(*steps):
+    with open(metrics, "a") as f:
+      for step in steps:
+        f.write(json.dumps({"step": step, "split": "train", "loss": 9.0}) + "\n")
+        f.write(json.dumps({"step": step, "split": "dev", "loss": 3.0 - step / 100}) + "\n")
+
+  write(5)
+  report, run.live[name].report = run.live[name].report, None  # the next report raises
+  assert run.on_poll(name) is False
+  run.live[name].report = report
+  write(10, 10)  # a resumed run writes a step again: reported once
+  assert run.on_poll(name) is False
+  write(15)
+  (tmp_path / name / "result.json").write_text(json.dumps(
+      {"final": {"loss": 2.85}, "best": {"loss": 2.85}, "best_by": "loss", "step": 15}))
+  run.started[name] = 0.0
+  run.on_end(name, 0, interrupted=False)
+  (trial,) = _study(tmp_path).trials
+  assert trial.state.name == "COMPLETE" and trial.value == 2.85
+  assert trial.intermediate_values == {5: 2.95, 10: 2.9, 15: 2.85}
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--trials=0"], "--search needs --trials N with N >= 1, got 0"),
     (["--trials=2", "--pruner=bogus"], "unknown pruner 'bogus'; known: asha, hyperband, median"),
