@@ -25,7 +25,8 @@ def get_config(arg=None):
   c.model.update(dict(
       name="transformer", d_model=128, num_heads=args["heads"], d_ff=512, num_layers=3,
       dropout_rate=args["dropout"], positions=args["positions"], pre_ln=args["pre_ln"],
-      weighted=args["weighted"], max_len=64, tie_output=False))
+      weighted=args["weighted"], max_len=64, tie_output=False,
+      implementation="reference"))  # attention backend: see attention/core.py
   if args["head_dim"]:
     c.model.head_dim = args["head_dim"]
   c.task.label_smoothing = args["label_smoothing"]

@@ -31,7 +31,8 @@ def get_config(arg=None):
   c.model.update(dict(
       name="lm", d_model=args["d_model"], num_heads=args["heads"], d_ff=4 * args["d_model"],
       num_layers=args["layers"], dropout_rate=args["dropout"], positions=args["positions"],
-      max_len=args["seq_len"], tie_output=True))
+      max_len=args["seq_len"], tie_output=True,
+      implementation="reference"))  # attention backend: see attention/core.py
   c.optim.update(learning_rate=1e-3, warmup_steps=200, schedule="cosine", weight_decay=0.01)
   c.train.update(steps=args["steps"], select_by="bits_per_char")
   # The whole dev split (about 1,000 windows of 128 characters) for the loss; two sampled

@@ -5,18 +5,23 @@ Layout BTNH: query `[batch, q_len, heads, head_dim]`, key/value
 (grouped-query attention when kv_heads < heads). Masks are boolean,
 True = attend, broadcastable to `[batch, heads, q_len, kv_len]`; biases are
 added to the scaled scores. The softmax runs in float32 whatever the input
-dtype, and a query that may attend nothing gets a zero output.
+dtype, and a query that may attend nothing gets a zero output. The Pallas
+kernel backends ('splash', 'pallas_gpu') live in `kernels.py`.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from attention_jax.attention import blockwise, masks
+from attention_jax.attention import blockwise, kernels, masks
 
 Array = jax.Array
 
-IMPLEMENTATIONS = ("reference", "blockwise", "xla", "cudnn")
+IMPLEMENTATIONS = ("reference", "blockwise", "xla", "cudnn") + kernels.KERNELS
+
+# The JAX backend each device-specific implementation needs, and that device in words.
+DEVICES = {"cudnn": ("gpu", "an NVIDIA GPU"), "splash": ("tpu", "a TPU"),
+            "pallas_gpu": ("gpu", "a GPU")}
 
 
 def attend(scores: Array, values: Array, mask: Array | None = None) -> tuple[Array, Array]:
@@ -107,17 +112,22 @@ def _as_4d(x: Array | None, q_len: int, kv_len: int) -> Array | None:
   return jnp.broadcast_to(x, x.shape[:2] + (q_len, kv_len))
 
 
+def _zero_unattended(out: Array, mask: Array | None, is_causal: bool, kv_len: int) -> Array:
+  """Zeros for queries that may attend nothing (jax.nn and the kernels give them some
+  average of the values; ours gives zeros)."""
+  t = out.shape[1]
+  live = masks.combine(mask, masks.causal_mask(t, kv_len) if is_causal else None)
+  if live is None:
+    return out
+  live = jnp.any(_as_4d(live, t, kv_len), axis=-1)  # [batch or 1, heads or 1, q_len]
+  return jnp.where(jnp.transpose(live, (0, 2, 1))[..., None], out, 0)
+
+
 def _jax_nn(query, key, value, mask, bias, is_causal, scale, implementation):
   t, s = query.shape[1], key.shape[1]
-  out = jax.nn.dot_product_attention(
+  return jax.nn.dot_product_attention(
       query, key, value, bias=_as_4d(bias, t, s), mask=_as_4d(mask, t, s), scale=scale,
       is_causal=is_causal, implementation=implementation)
-  # jax.nn gives a fully masked query the mean of the values; ours gives zeros.
-  live = masks.combine(mask, masks.causal_mask(t, s) if is_causal else None)
-  if live is not None:
-    live = jnp.any(_as_4d(live, t, s), axis=-1)  # [batch or 1, heads or 1, q_len]
-    out = jnp.where(jnp.transpose(live, (0, 2, 1))[..., None], out, 0)
-  return out
 
 
 def dot_product_attention(query: Array, key: Array, value: Array,
@@ -125,7 +135,8 @@ def dot_product_attention(query: Array, key: Array, value: Array,
                           is_causal: bool = False, scale: float | None = None,
                           implementation: str = "reference",
                           block_q: int = blockwise.DEFAULT_BLOCK,
-                          block_k: int = blockwise.DEFAULT_BLOCK) -> Array:
+                          block_k: int = blockwise.DEFAULT_BLOCK,
+                          interpret: bool = False) -> Array:
   """softmax(q k^T * scale + bias) v over heads, BTNH layout, softmax in float32.
 
   Args:
@@ -137,8 +148,18 @@ def dot_product_attention(query: Array, key: Array, value: Array,
     scale: defaults to 1/sqrt(head_dim).
     implementation: 'reference' (einsum, the ground truth), 'blockwise'
       (memory linear in length, any device), 'xla' or 'cudnn'
-      (`jax.nn.dot_product_attention`; cudnn needs an NVIDIA GPU and fp16/bf16).
-    block_q, block_k: block sizes of the blockwise path.
+      (`jax.nn.dot_product_attention`; cudnn needs an NVIDIA GPU and fp16/bf16),
+      'splash' (JAX's Pallas splash attention, TPU) or 'pallas_gpu' (JAX's
+      Pallas Triton flash attention, GPU). The two kernels take `mask` only as
+      a key-padding mask (shape broadcastable from `[batch or 1, 1, 1, kv_len]`,
+      e.g. `masks.padding_mask(kv_valid)`), and `is_causal`; no bias. Anything
+      else raises ValueError. Their results equal the reference's (a padded
+      query still attends the valid keys, a query with none gets zeros).
+    block_q, block_k: block sizes of the blockwise path and of the kernels;
+      'splash' needs multiples of 128, 'pallas_gpu' powers of two (blocks
+      shrink for short sequences; lengths are padded to whole blocks).
+    interpret: run the kernel implementations in Pallas' interpreter (on any
+      backend, e.g. CPU tests), skipping the device check; ignored by the rest.
 
   Returns:
     `[batch, q_len, heads, head_dim]` in `query.dtype`.
@@ -150,11 +171,18 @@ def dot_product_attention(query: Array, key: Array, value: Array,
     return blockwise.blockwise_attention(
         query, key, value, mask=mask, bias=bias, is_causal=is_causal, scale=scale,
         block_q=block_q, block_k=block_k)
-  if implementation == "cudnn" and jax.default_backend() != "gpu":
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {implementation!r}; "
+                     f"known: {', '.join(IMPLEMENTATIONS)}")
+  platform, device = DEVICES.get(implementation, (None, None))
+  if platform and jax.default_backend() != platform and not (
+      interpret and implementation in kernels.KERNELS):
     raise ValueError(
-        f"implementation='cudnn' needs an NVIDIA GPU, but JAX's backend is "
+        f"implementation={implementation!r} needs {device}, but JAX's backend is "
         f"{jax.default_backend()!r}; use 'blockwise' or 'xla' here")
-  if implementation in ("xla", "cudnn"):
-    return _jax_nn(query, key, value, mask, bias, is_causal, scale, implementation)
-  raise ValueError(
-      f"unknown attention implementation {implementation!r}; known: {', '.join(IMPLEMENTATIONS)}")
+  if implementation in kernels.KERNELS:
+    out = kernels.attention(implementation, query, key, value, mask, bias, is_causal, scale,
+                            block_q, block_k, interpret)
+  else:
+    out = _jax_nn(query, key, value, mask, bias, is_causal, scale, implementation)
+  return _zero_unattended(out, mask, is_causal, key.shape[1])

@@ -20,7 +20,9 @@ reorder moves only `owner` and `index` (copying every layer's cache made beam
 search 7x greedy per step). The decode step then scores each query against all
 k rows of its group and keeps, by the one-hot `owner`, its own history: it reads
 the cache k times, which still beats the copy (beam k=4 13% faster per step,
-BENCHMARKS.md). This path is einsum attention whatever `implementation` says.
+BENCHMARKS.md). This path is einsum attention whatever `implementation` says;
+the other cache path runs the Pallas kernels' ('splash', 'pallas_gpu') steps as
+'xla', since the kernels take no mask at the cache's offsets.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention_jax.attention import core, masks
+from attention_jax.attention import core, kernels, masks
 
 Array = jax.Array
 
@@ -142,7 +144,7 @@ class MultiHeadAttention(nn.Module):
   num_kv_heads: int | None = None  # None: = num_heads; fewer: grouped-query
   out_features: int | None = None  # None: the query input's feature size
   dropout_rate: float = 0.0  # on the attention weights (uses the explicit-weights path)
-  implementation: str = "reference"  # 'reference' | 'blockwise' | 'xla' | 'cudnn'
+  implementation: str = "reference"  # one of core.IMPLEMENTATIONS
   use_bias: bool = True  # biases on the projections, as in Vaswani et al.
   project_out: bool = True  # False: return the heads [batch, q_len, heads, head_dim] unprojected
   dtype: Any = jnp.float32  # compute dtype
@@ -215,22 +217,26 @@ class MultiHeadAttention(nn.Module):
         seen = jnp.arange(key.shape[1]) < cache.index[:, None, None, None]
       mask = masks.combine(mask, seen)
       is_causal = False  # folded into the mask at the cache's offsets
-    elif is_causal:
-      mask = masks.combine(mask, masks.causal_mask(query.shape[1], key.shape[1]))
-      is_causal = False
+    # Otherwise is_causal goes to core as it is: the kernels take no dense causal mask.
+
+    implementation = self.implementation
+    if cache is not None and implementation in kernels.KERNELS:
+      # The kernels take no mask at the cache's offsets (and one decode query fills no block).
+      implementation = "xla"
 
     use_dropout = self.dropout_rate > 0 and not deterministic
-    if use_dropout or self.implementation == "reference" or self.is_mutable_collection(
+    if use_dropout or implementation == "reference" or self.is_mutable_collection(
         "intermediates"):
-      weights = core.dot_product_attention_weights(query, key, mask)  # [batch, heads, q, kv]
+      weights = core.dot_product_attention_weights(  # [batch, heads, q, kv]
+          query, key, mask, is_causal=is_causal)
       self.sow("intermediates", "attention_weights", weights)
-    if use_dropout or self.implementation == "reference":
+    if use_dropout or implementation == "reference":
       if use_dropout:
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
       out = core.weighted_values(weights, value)
     else:
-      out = core.dot_product_attention(query, key, value, mask=mask,
-                                       implementation=self.implementation)
+      out = core.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal,
+                                       implementation=implementation)
     return self._output(out, inputs_q), cache
 
   def _output(self, out: Array, inputs_q: Array) -> Array:

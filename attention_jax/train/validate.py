@@ -7,6 +7,7 @@ import math
 import jax
 
 from attention_jax import data, tasks
+from attention_jax.attention import core
 from attention_jax.evaluate import metrics as metrics_lib
 from attention_jax.train import evaluators, optim, partition
 
@@ -27,6 +28,7 @@ def check_config(config) -> None:
   if config.data.get("vocab_size") is not None and config.data.vocab_size < 8:
     raise ConfigError(f"data.vocab_size must be at least 8, got {config.data.vocab_size}")
   check_ranges(config)
+  _check_implementation(config)
   try:
     task = tasks.build_task(config, None, vocab_size=16)
     _check_mesh(config)
@@ -42,6 +44,20 @@ def check_config(config) -> None:
                       ) from None
   _check_selection(config, task)
   selection_metric(config, task)  # the metric names need no data
+
+
+def _check_implementation(config) -> None:
+  """model.implementation: a known attention backend, and one this machine can run."""
+  implementation = config.model.get("implementation")
+  if implementation is None:
+    return
+  if implementation not in core.IMPLEMENTATIONS:
+    raise ConfigError(f"model.implementation={implementation!r} is unknown; known: "
+                      f"{', '.join(core.IMPLEMENTATIONS)}")
+  platform, device = core.DEVICES.get(implementation, (None, None))
+  if platform and jax.default_backend() != platform:
+    raise ConfigError(f"model.implementation={implementation!r} needs {device}, but JAX's "
+                      f"backend is {jax.default_backend()!r}; use 'blockwise' or 'xla' here")
 
 
 INF = math.inf

@@ -161,3 +161,20 @@ def test_speech_task_values_are_checked_before_anything_runs(key, value, message
   with pytest.raises(validate.ConfigError) as error:
     validate.check_config(config)
   assert str(error.value) == message
+
+
+@pytest.mark.parametrize("name", ["g2p_transformer.py", "lm_chars.py"])
+def test_the_attention_backend_is_a_config_key_checked_against_the_platform(name):
+  """model.implementation picks the Transformers' attention backend; an unknown one, or a
+  kernel for another device, is one line naming the key before anything runs."""
+  config = experiment.load(os.path.join(ROOT, "experiments", name)).get_config("smoke")
+  config.model.implementation = "blockwise"
+  validate.check_config(config)
+  config.model.implementation = "flash"
+  with pytest.raises(validate.ConfigError, match=r"^model.implementation='flash' is unknown; "
+                     r"known: reference, blockwise, xla, cudnn, splash, pallas_gpu$"):
+    validate.check_config(config)
+  config.model.implementation = "splash"
+  with pytest.raises(validate.ConfigError, match=r"^model.implementation='splash' needs a TPU, "
+                     r"but JAX's backend is 'cpu'; use 'blockwise' or 'xla' here$"):
+    validate.check_config(config)
