@@ -28,6 +28,20 @@ NAME = "attention"
 HEADS, HEAD_DIM = 8, 64
 SHAPES = ((4, 512), (4, 2048), (1, 8192))  # (batch, length)
 OURS = ("reference", "blockwise", "xla")
+# The kernels a platform adds (fp32 inputs: cuDNN, which needs fp16/bf16, is left out).
+PLATFORM_KERNELS = {"gpu": ("pallas_gpu",), "tpu": ("splash",)}
+
+
+def implementations() -> tuple[str, ...]:
+  """Ours on this platform: the portable three, and JAX's Pallas kernels on GPU / TPU."""
+  return OURS + PLATFORM_KERNELS.get(jax.default_backend(), ())
+
+
+def attention_flops(case) -> float:
+  """Matmul FLOPs: QK^T and PV, 2·T²·D·H each per sequence, halved by a causal mask; the
+  backward adds five such matmuls (the scores recomputed among them)."""
+  forward = 4.0 * case.batch * case.length ** 2 * HEAD_DIM * HEADS / (2 if case.causal else 1)
+  return forward * (3.5 if case.backward else 1.0)
 MAX_TIMED_GIB = 3.5  # 24 GiB, shared; skips only the T=8192 reference/xla runs (4-10 GiB)
 
 
@@ -107,32 +121,40 @@ def cases(quick: bool) -> list[Case]:
   return out
 
 
-def run(repeats: int, budget_s: float, quick: bool = False, rss: bool = True) -> list[harness.Row]:
+def run(repeats: int, budget_s: float, quick: bool = False, rss: bool = True,
+        peak_flops: float | None = None) -> list[harness.Row]:
+  """The rows; `peak_flops` (a large matmul's, this run) adds each one's fraction of it."""
   from bench import memory
-  rows = []
+  rows, ours, peer = [], implementations(), harness.have_torch()
   for case in cases(quick):
     arrays = inputs(case.batch, case.length)
     device_arrays = [jnp.asarray(a) for a in arrays]
     fns, extras = {}, {}
-    for impl in OURS:
+    for impl in ours:
       compiled, mem = compile_jax(impl, case)
       extras[impl] = dict(mem)
       if mem["compiled_mib"] > MAX_TIMED_GIB * 1024:
         extras[impl]["skipped"] = f"needs {mem['compiled_mib'] / 1024:.1f} GiB"
         continue
       fns[impl] = lambda c=compiled: jax.block_until_ready(c(*device_arrays))
-    t_args = torch_inputs(arrays, case.backward)
-    t_fn = torch_fn(case.causal, case.backward)
-    fns["torch"] = lambda: t_fn(*t_args)
-    extras["torch"] = {}
+    t_args = torch_inputs(arrays, case.backward) if peer else None
+    if peer:
+      t_fn = torch_fn(case.causal, case.backward)
+      fns["torch"], extras["torch"] = (lambda: t_fn(*t_args)), {}
     times = harness.measure(fns, repeats=repeats, warmup=1, budget_s=budget_s)
-    if rss and case.causal and case.backward and (not quick or case.length == SHAPES[-1][1]):
+    on_cpu = jax.default_backend() == "cpu"  # RSS says nothing of a device's memory
+    if rss and on_cpu and case.causal and case.backward and (
+        not quick or case.length == SHAPES[-1][1]):
       for impl in extras:
         if "skipped" not in extras[impl]:
           extras[impl]["peak_rss_mib"] = memory.attention_rss_mib(impl, case)
-    for impl in list(OURS) + ["torch"]:
+    for impl in extras:
+      if times.get(impl):
+        extras[impl]["tflops"] = attention_flops(case) / float(np.median(times[impl])) / 1e12
+        if peak_flops:
+          extras[impl]["peak_fraction"] = extras[impl]["tflops"] * 1e12 / peak_flops
       label = "torch sdpa" if impl == "torch" else f"jax {impl}"
-      rows.append(harness.Row(NAME, case.label, label, times.get(impl, []),
-                              None if impl == "torch" else "torch sdpa", extras[impl]))
+      base = "torch sdpa" if peer and impl != "torch" else None
+      rows.append(harness.Row(NAME, case.label, label, times.get(impl, []), base, extras[impl]))
     del device_arrays, t_args
   return rows

@@ -21,6 +21,15 @@ from typing import Any, Callable, Mapping
 PAUSE_S = 0.02  # between timed calls: lets the other framework's spinning threads go to sleep
 
 
+def have_torch() -> bool:
+  """Whether the PyTorch peers can run (the `bench` extra); without it, ours run alone."""
+  try:
+    import torch  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
+  except ImportError:
+    return False
+  return True
+
+
 @dataclasses.dataclass
 class Row:
   """One implementation on one case, with its timings and what it is compared with."""

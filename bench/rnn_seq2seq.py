@@ -102,15 +102,17 @@ def torch_train_step(model, opt, batch) -> float:
 
 
 def run(repeats: int, budget_s: float) -> list[harness.Row]:
-  import torch
-  rows = []
+  rows, peer = [], harness.have_torch()
   batch = make_batch(SIZES)
-  torch_batch = {k: torch.from_numpy(v).long() for k, v in batch.items()
-                 if k in ("inputs", "decoder_inputs", "targets")}
+  if peer:
+    import torch
+    torch_batch = {k: torch.from_numpy(v).long() for k, v in batch.items()
+                   if k in ("inputs", "decoder_inputs", "targets")}
   for attention in VARIANTS:
     for cell in CELLS:
       _, state, train = jax_state(SIZES, cell, attention, batch)
-      t_model, opt = torch_peer(SIZES, cell, attention, state.params)
+      if peer:
+        t_model, opt = torch_peer(SIZES, cell, attention, state.params)
       rng = jax.random.key(0)
       holder = {"state": state}
 
@@ -118,16 +120,18 @@ def run(repeats: int, budget_s: float) -> list[harness.Row]:
         holder["state"], metrics = train(holder["state"], batch, rng)
         jax.block_until_ready(metrics["loss"])
 
-      times = harness.measure(
-          {"jax": ours, "torch": lambda: torch_train_step(t_model, opt, torch_batch)},
-          repeats=repeats, warmup=2, budget_s=budget_s)
+      fns = {"jax": ours}
+      if peer:
+        fns["torch"] = lambda: torch_train_step(t_model, opt, torch_batch)
+      times = harness.measure(fns, repeats=repeats, warmup=2, budget_s=budget_s)
       case = f"{cell.upper()} {attention} ({VARIANTS[attention]})"
       tokens = SIZES["batch"] * SIZES["tgt_len"]
-      for impl, label, base in (("jax", "jax train_step", "torch loop"),
-                                ("torch", "torch loop", None)):
+      labels = {"jax": ("jax train_step", "torch loop" if peer else None),
+                "torch": ("torch loop", None)}
+      for impl, (label, base) in ((impl, labels[impl]) for impl in times):
         median = float(np.median(times[impl]))
         rows.append(harness.Row(NAME, case, label, times[impl], base, {
             "target_tokens_per_s": tokens / median,
             "gflops": train_flops(SIZES, cell, attention) / median / 1e9}))
-      del holder, t_model, opt
+      del holder
   return rows

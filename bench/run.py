@@ -4,7 +4,9 @@
     python -m bench.run --quick              # fewer repeats and shapes, for iteration
     python -m bench.run --only attention --only decode
 
-Needs the `bench` extra (`pip install -e '.[bench]'`: the CPU build of torch).
+The PyTorch peers need the `bench` extra (`pip install -e '.[bench]'`: the CPU
+build of torch); without it (a GPU or TPU machine) ours run alone, with every
+attention implementation the platform has.
 Both frameworks get every core: torch.set_num_threads(os.cpu_count()), and
 XLA:CPU's default, one Eigen/XNNPACK intra-op thread per core (there is no
 supported setting to change it; XLA_FLAGS, if set, is recorded).
@@ -16,7 +18,8 @@ import os
 import sys
 import time
 
-BENCHMARKS = ("attention", "rnn_attention_seq2seq", "transformer_lm", "decode")
+BENCHMARKS = ("attention", "rnn_attention_seq2seq", "transformer_lm", "decode", "train_g2p_rnn",
+              "train_g2p_transformer", "scaling")
 # 1-minute load average above which another process is sharing the cores (ours adds ~1-2
 # while it runs): torch's OpenMP threads then slow down far more than XLA's.
 BUSY_LOAD = 2.5
@@ -24,13 +27,20 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 
 # Extra columns of each table: Row.extra key -> title.
 COLUMNS = {
-    "attention": {"temp_mib": "XLA temp MiB", "compiled_mib": "XLA total MiB",
-                  "peak_rss_mib": "peak RSS MiB", "skipped": "note"},
+    "attention": {"tflops": "TFLOP/s", "peak_fraction": "of peak", "temp_mib": "XLA temp MiB",
+                  "compiled_mib": "XLA total MiB", "peak_rss_mib": "peak RSS MiB",
+                  "skipped": "note"},
     "rnn_attention_seq2seq": {"target_tokens_per_s": "target tokens/s",
                               "gflops": "matmul GFLOP/s"},
     "transformer_lm": {"tokens_per_s": "tokens/s", "mfu": "MFU", "hfu": "MFU+logits",
                        "gflops": "GFLOP/s"},
     "decode": {"speedup": "speed-up"},
+    "train_g2p_rnn": {"steps_per_s": "steps/s", "target_tokens_per_s": "target tokens/s",
+                      "overhead": "loop overhead", "evaluations": "evaluations"},
+    "train_g2p_transformer": {"steps_per_s": "steps/s", "target_tokens_per_s": "target tokens/s"},
+    "scaling_attention": {"gflops": "GFLOP/s", "compiled_mib": "XLA total MiB",
+                          "peak_rss_mib": "peak RSS MiB"},
+    "scaling_g2p_batch": {"target_tokens_per_s": "target tokens/s"},
 }
 
 
@@ -40,12 +50,23 @@ def set_threads() -> dict:
   threads = {"cores": cores, "xla_cpu": f"default: one intra-op thread per core ({cores})"}
   try:
     import torch
-  except ImportError:
-    sys.exit("bench needs torch: pip install -e '.[bench]'")
+  except ImportError:  # an accelerator machine: ours run alone
+    print("[bench] torch is not installed: the PyTorch peers are skipped "
+          "(pip install -e '.[bench]' adds them)", file=sys.stderr)
+    return dict(threads, torch=None)
   torch.set_num_threads(cores)
   threads["torch_intra_op"] = torch.get_num_threads()
   threads["torch_inter_op"] = torch.get_num_interop_threads()
   return threads
+
+
+def _train_g2p(family: str, repeats: int, budget: float) -> list:
+  """The G2P training-step rows; for the RNN, the trainer loop's row after them."""
+  from bench import train_g2p
+  rows = train_g2p.run(family, repeats, budget)
+  if family == "rnn":
+    rows.append(train_g2p.loop_overhead(rows[0].median_s))  # the default config's step
+  return rows
 
 
 def main(argv=None) -> int:
@@ -69,6 +90,10 @@ def main(argv=None) -> int:
   rows: list[harness.Row] = []
   started, load_before = time.time(), os.getloadavg()
   section_load = {}
+  peak = None  # the matmul peak, measured once for attention's and the LM's fraction of it
+  if {"attention", "transformer_lm"} & set(selected):
+    from bench import transformer_lm
+    peak = transformer_lm.matmul_peak(repeats)
   for name in BENCHMARKS:
     if name not in selected:
       continue
@@ -81,16 +106,24 @@ def main(argv=None) -> int:
             f"{os.cpu_count()} cores); timings, and torch's most, will suffer", file=sys.stderr)
     if name == "attention":
       from bench import attention
-      rows += attention.run(repeats, budget, quick=args.quick)
+      rows += attention.run(repeats, budget, quick=args.quick, peak_flops=peak[1])
     elif name == "rnn_attention_seq2seq":
       from bench import rnn_seq2seq
       rows += rnn_seq2seq.run(repeats, budget)
     elif name == "transformer_lm":
       from bench import transformer_lm
-      rows += transformer_lm.run(repeats, budget)
-    else:
+      on_cpu = jax.default_backend() == "cpu"  # elsewhere: every implementation it has
+      from bench import attention
+      rows += transformer_lm.run(repeats, budget, peak=peak, implementations=(
+          (transformer_lm.IMPLEMENTATION,) if on_cpu else attention.implementations()))
+    elif name == "decode":
       from bench import decode
       rows += decode.run(repeats, budget)
+    elif name == "scaling":
+      from bench import scaling
+      rows += scaling.run_attention(repeats, budget) + scaling.run_batch_sizes(repeats, budget)
+    else:
+      rows += _train_g2p(name.rsplit("_", 1)[1], repeats, budget)
     print(f"[bench] {name}: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
   info = harness.machine_info(threads)

@@ -1,6 +1,9 @@
 """The benchmark harness on trivial functions: alternation, statistics, table, results JSON."""
 import datetime
 import json
+import sys
+
+import numpy as np
 
 from bench import harness
 
@@ -85,3 +88,28 @@ def test_machine_info_records_versions_and_threads():
   info = harness.machine_info({"cores": 2})
   assert info["threads"] == {"cores": 2}
   assert info["jax"] and info["cpu"] and info["cores"] >= 1
+
+
+def test_without_torch_ours_run_alone_with_their_share_of_the_peak(monkeypatch, tmp_path, capsys):
+  """An accelerator machine has no torch: bench.run skips the peers instead of exiting, and
+  attention rows carry TFLOP/s and the fraction of the run's matmul peak."""
+  from bench import attention, memory, run, transformer_lm
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+  monkeypatch.setattr(harness, "PAUSE_S", 0.0)
+  monkeypatch.setattr(memory, "attention_rss_mib", lambda impl, case: 1.0)  # no subprocesses
+  monkeypatch.setattr(attention, "SHAPES", ((1, 32),))
+  monkeypatch.setattr(transformer_lm, "PEAK_N", 64)
+  assert run.main(["--quick", "--only=attention", f"--out={tmp_path}"]) == 0
+  (path,) = tmp_path.iterdir()
+  results = json.loads(path.read_text())
+  rows = results["rows"]
+  assert results["machine"]["torch"] is None
+  assert len(rows) == 2 * len(attention.implementations())  # causal fwd, fwd+bwd
+  assert {r["impl"] for r in rows} == {f"jax {impl}" for impl in attention.implementations()}
+  for r in rows:
+    assert r["baseline"] is None and r["times_s"]
+    case = attention.Case(1, 32, causal=True, backward="fwd+bwd" in r["case"])
+    median = sorted(r["times_s"])[len(r["times_s"]) // 2]
+    assert np.isclose(r["extra"]["tflops"], attention.attention_flops(case) / median / 1e12)
+    assert 0 < r["extra"]["peak_fraction"] < 10
+  assert "torch is not installed" in capsys.readouterr().err

@@ -12,7 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from attention_jax import tasks  # noqa: E402
-from bench import attention, decode, rnn_seq2seq, torch_lm, torch_rnn, transformer_lm  # noqa: E402
+from attention_jax.models.registry import build_model  # noqa: E402
+from bench import attention, decode, rnn_seq2seq, torch_lm, torch_rnn, train_g2p, transformer_lm  # noqa: E402
 
 RNN_SMALL = dict(vocab=23, embed=8, hidden=16, batch=3, src_len=7, tgt_len=5)
 LM_SMALL = dict(vocab=37, d_model=16, layers=1, heads=4, d_ff=32, length=8, batch=3)
@@ -69,6 +70,52 @@ def test_rnn_peer_loss_and_gradients(cell, attention_kind):
     pairs["v"] = (_grad(peer.v.weight)[0], grads["align"]["v"])
   for name, (got, want) in pairs.items():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("cell,score", [("lstm", "general"), ("gru", "location")])
+def test_rnn_peer_at_the_g2p_configs(cell, score):
+  """The G2P experiments' RNN: bidirectional encoder over padded sources, Luong attention with
+  the general or location score, two vocabularies, padded targets, label smoothing."""
+  rng = np.random.default_rng(4)
+  lengths, target_lengths = np.array([7, 4, 1], np.int32), np.array([5, 2, 3], np.int32)
+  batch = {"inputs": rng.integers(1, 19, (3, 7)).astype(np.int32),
+           "input_lengths": lengths, "target_lengths": target_lengths,
+           "decoder_inputs": rng.integers(1, 23, (3, 5)).astype(np.int32),
+           "targets": rng.integers(1, 23, (3, 5)).astype(np.int32),
+           "weights": np.ones((3,), np.float32)}
+  batch["inputs"][np.arange(7)[None] >= lengths[:, None]] = 0
+  config = dict(name="rnn_seq2seq", vocab_size=23, src_vocab_size=19, attention="luong",
+                score=score, cell=cell, bidirectional=True, src_embed_dim=6, tgt_embed_dim=8,
+                hidden_dim=16, dropout_rate=0.0, max_len=9)
+  model = build_model(config)
+  args = (batch["inputs"], batch["input_lengths"], batch["decoder_inputs"])
+  params = _params(model, 5, *args)
+  task = tasks.Seq2SeqTask(model, None, label_smoothing=0.1)
+  loss, grads = jax.jit(jax.value_and_grad(
+      lambda p: task.loss(p, batch, None, train=False)[0]))(params)
+
+  peer = train_g2p.rnn_peer(config, params)
+  tensors = {k: torch.from_numpy(v).long() for k, v in batch.items() if k != "weights"}
+  peer_loss = torch_rnn.loss_fn(peer, tensors, label_smoothing=0.1)
+  peer_loss.backward()
+  np.testing.assert_allclose(peer_loss.item(), loss, rtol=1e-5)
+  enc = grads["encoder"]
+  pairs = {
+      "backward encoder recurrent": (_grad(peer.encoder.weight_hh_l0_reverse).T,
+                                     enc["layer_0_backward"]["cell"]["kernel"]),
+      "forward encoder input": (_grad(peer.encoder.weight_ih_l0).T,
+                                enc["layer_0"]["input"]["kernel"]),
+      "memory projection": (_grad(peer.memory_proj.weight).T, grads["memory_proj"]["kernel"]),
+      "bridge": (_grad(peer.bridge_h.weight).T, grads["bridge_h_0"]["kernel"]),
+      "score": (_grad(peer.w.weight) if score == "general" else _grad(peer.w.weight).T,
+                grads["align"]["w"]),
+      "source embedding": (_grad(peer.src_embed.weight), grads["src_embed"]["embedding"]),
+      "readout": (_grad(peer.readout.weight).T, grads["readout"]["kernel"]),
+  }
+  for name, (got, want) in pairs.items():
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=name)
+  # Padding reaches neither side: the pad token (0) only sits past each source's length.
+  assert not np.any(pairs["source embedding"][1][0]) and not np.any(pairs["source embedding"][0][0])
 
 
 def test_lm_peer_loss_and_gradients():
