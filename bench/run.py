@@ -1,6 +1,6 @@
 """Run the benchmarks, write `bench/results/<date>-<host>.json`, print markdown tables.
 
-    python -m bench.run                      # everything (about 6 minutes on a quiet 2-core machine)
+    python -m bench.run                      # everything (about 17 minutes on a quiet 2-core machine)
     python -m bench.run --quick              # fewer repeats and shapes, for iteration
     python -m bench.run --only attention --only decode
 
@@ -36,7 +36,9 @@ COLUMNS = {
                        "gflops": "GFLOP/s"},
     "decode": {"speedup": "speed-up"},
     "train_g2p_rnn": {"steps_per_s": "steps/s", "target_tokens_per_s": "target tokens/s",
-                      "overhead": "loop overhead", "evaluations": "evaluations"},
+                      "overhead": "loop overhead", "overhead_no_eval": "without the eval",
+                      "evaluations": "evaluations",
+                      "train_step_compilations": "train_step compiles"},
     "train_g2p_transformer": {"steps_per_s": "steps/s", "target_tokens_per_s": "target tokens/s"},
     "scaling_attention": {"gflops": "GFLOP/s", "compiled_mib": "XLA total MiB",
                           "peak_rss_mib": "peak RSS MiB"},
