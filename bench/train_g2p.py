@@ -14,9 +14,10 @@ gradients), dropout on in both. One timed call runs every batch once; the
 table gives seconds per step.
 
 `loop_overhead` runs the trainer itself (`python -m attention_jax.main`) on the
-default config for 500 steps with one evaluation, and compares its steps/s,
-from the run's own `elapsed_s` (after the first log window, which compiles),
-with the step-only figure, and counts the programs it compiles.
+default config for 500 steps, with an evaluation at the middle, and compares its
+time per step, from the run's own `elapsed_s` (after the first log window, which
+compiles), with and without that evaluation, to the step-only figure; it also
+counts the programs the run compiles.
 """
 from __future__ import annotations
 
