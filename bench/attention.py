@@ -28,6 +28,7 @@ NAME = "attention"
 HEADS, HEAD_DIM = 8, 64
 SHAPES = ((4, 512), (4, 2048), (1, 8192))  # (batch, length)
 OURS = ("reference", "blockwise", "xla")
+MAX_TIMED_GIB = 3.5  # 24 GiB, shared; skips only the T=8192 reference/xla runs (4-10 GiB)
 # The kernels a platform adds (fp32 inputs: cuDNN, which needs fp16/bf16, is left out).
 PLATFORM_KERNELS = {"gpu": ("pallas_gpu",), "tpu": ("splash",)}
 
@@ -42,7 +43,6 @@ def attention_flops(case) -> float:
   backward adds five such matmuls (the scores recomputed among them)."""
   forward = 4.0 * case.batch * case.length ** 2 * HEAD_DIM * HEADS / (2 if case.causal else 1)
   return forward * (3.5 if case.backward else 1.0)
-MAX_TIMED_GIB = 3.5  # 24 GiB, shared; skips only the T=8192 reference/xla runs (4-10 GiB)
 
 
 @dataclasses.dataclass(frozen=True)

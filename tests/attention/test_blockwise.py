@@ -18,15 +18,6 @@ GRID = [
 ]
 
 
-def _grid_inputs(seed, t, s, n, kh, b=2, h=8):
-  rng = np.random.default_rng(seed)
-  q = jnp.float32(rng.normal(size=(b, t, n, h)))
-  k = jnp.float32(rng.normal(size=(b, s, kh, h)))
-  v = jnp.float32(rng.normal(size=(b, s, kh, h)))
-  cot = jnp.float32(rng.normal(size=(b, t, n, h)))
-  return q, k, v, cot
-
-
 def _masks(kind, t, s):
   if kind == "none":
     return None
@@ -40,8 +31,8 @@ def _masks(kind, t, s):
 @pytest.mark.parametrize("t,s,bq,bk,n,kh", GRID)
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("padding", ["none", "keys", "both"])
-def test_blockwise_matches_reference(t, s, bq, bk, n, kh, is_causal, padding):
-  q, k, v, cot = _grid_inputs(t * 100 + s, t, s, n, kh)
+def test_blockwise_matches_reference(t, s, bq, bk, n, kh, is_causal, padding, btnh_inputs):
+  q, k, v, cot = btnh_inputs(t * 100 + s, t, s, n, kh)
   mask = _masks(padding, t, s)
 
   def loss(impl):
@@ -59,8 +50,8 @@ def test_blockwise_matches_reference(t, s, bq, bk, n, kh, is_causal, padding):
 
 
 @pytest.mark.parametrize("bias_shape", [(2, 4, 11, 9), (1, 4, 1, 9), (1, 1, 11, 1)])
-def test_bias_and_its_gradient(bias_shape):
-  q, k, v, cot = _grid_inputs(0, 11, 9, 4, 2)
+def test_bias_and_its_gradient(bias_shape, btnh_inputs):
+  q, k, v, cot = btnh_inputs(0, 11, 9, 4, 2)
   bias = jnp.float32(np.random.default_rng(1).normal(size=bias_shape))
 
   def grads(impl):
@@ -73,14 +64,14 @@ def test_bias_and_its_gradient(bias_shape):
     np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-4, err_msg=f"d/d {name}")
 
 
-def test_causal_tiles_above_the_diagonal_are_never_computed():
+def test_causal_tiles_above_the_diagonal_are_never_computed(btnh_inputs):
   """A NaN in the last key block reaches only the queries that can see it.
 
   Were the masked tiles computed and discarded, 0 * NaN would spread the NaN
   to every query, in the output and in the query gradient.
   """
   t, block = 16, 4
-  q, k, v, cot = _grid_inputs(3, t, t, 2, 2)
+  q, k, v, cot = btnh_inputs(3, t, t, 2, 2)
   v = v.at[:, -block:].set(jnp.nan)
   k = k.at[:, -block:].set(jnp.nan)
 
@@ -94,15 +85,15 @@ def test_causal_tiles_above_the_diagonal_are_never_computed():
   assert np.isfinite(dq[:, :-block]).all()
 
 
-def test_default_blocks_clip_to_short_sequences():
-  q, k, v, _ = _grid_inputs(4, 7, 5, 2, 1)
+def test_default_blocks_clip_to_short_sequences(btnh_inputs):
+  q, k, v, _ = btnh_inputs(4, 7, 5, 2, 1)
   np.testing.assert_allclose(
       blockwise.blockwise_attention(q, k, v),
       core.dot_product_attention(q, k, v, implementation="reference"), atol=1e-6)
 
 
-def test_bad_mask_shape_and_block_size_are_named():
-  q, k, v, _ = _grid_inputs(5, 6, 6, 2, 2)
+def test_bad_mask_shape_and_block_size_are_named(btnh_inputs):
+  q, k, v, _ = btnh_inputs(5, 6, 6, 2, 2)
   with pytest.raises(ValueError, match=r"mask of shape \(1, 1, 3, 6\) does not broadcast"):
     blockwise.blockwise_attention(q, k, v, mask=jnp.ones((1, 1, 3, 6), bool))
   with pytest.raises(ValueError, match="block sizes must be positive"):

@@ -32,15 +32,6 @@ CASES = {
 }
 
 
-def _inputs(t, s, b=2, n=4, kh=2, h=8, seed=0):
-  rng = np.random.default_rng(seed)
-  q = jnp.float32(rng.normal(size=(b, t, n, h)))
-  k = jnp.float32(rng.normal(size=(b, s, kh, h)))
-  v = jnp.float32(rng.normal(size=(b, s, kh, h)))
-  cotangent = jnp.float32(rng.normal(size=(b, t, n, h)))
-  return q, k, v, cotangent
-
-
 def _key_mask(keys, s):
   pos = jnp.arange(s)
   valid = jnp.stack([(pos >= start) & (pos < start + count) for start, count in keys])
@@ -63,11 +54,11 @@ def _value_and_grads(q, k, v, cotangent, mask, *, implementation, is_causal, sca
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("implementation", KERNELS)
-def test_values_and_gradients_match_reference(implementation, case):
+def test_values_and_gradients_match_reference(implementation, case, btnh_inputs):
   kw = dict(CASES[case])
   t, s, keys = kw.pop("t"), kw.pop("s"), kw.pop("keys", None)
   kw = dict(is_causal=kw.get("is_causal", False), scale=kw.get("scale"))
-  q, k, v, cotangent = _inputs(t, s)
+  q, k, v, cotangent = btnh_inputs(0, t, s)
   mask = None if keys is None else _key_mask(keys, s)
   got, got_grads = _value_and_grads(q, k, v, cotangent, mask, implementation=implementation, **kw)
   want, want_grads = _value_and_grads(q, k, v, cotangent, mask, implementation="reference",
@@ -103,8 +94,8 @@ def test_multihead_layer_passes_is_causal_to_the_kernel(implementation, monkeypa
 
 
 @pytest.mark.parametrize("implementation", KERNELS)
-def test_unsupported_arguments_give_clear_errors(implementation):
-  q, k, v, _ = _inputs(16, 16)
+def test_unsupported_arguments_give_clear_errors(implementation, btnh_inputs):
+  q, k, v, _ = btnh_inputs(0, 16, 16)
   run = functools.partial(core.dot_product_attention, q, k, v, implementation=implementation,
                           interpret=True)
   says = rf"implementation='{implementation}' takes a key-padding mask \[batch, 1, 1, kv_len\]"
@@ -122,8 +113,8 @@ def test_unsupported_arguments_give_clear_errors(implementation):
     run(block_q=bad_block)
 
 
-def test_kernels_need_their_device_unless_interpreted():
-  q, k, v, _ = _inputs(16, 16)
+def test_kernels_need_their_device_unless_interpreted(btnh_inputs):
+  q, k, v, _ = btnh_inputs(0, 16, 16)
   backend = jax.default_backend()
   for implementation, platform, device in [("splash", "tpu", "a TPU"),
                                            ("pallas_gpu", "gpu", "a GPU")]:
