@@ -106,17 +106,13 @@ def torch_side(config, model, params):
   return peer.train(), opt, torch_rnn.loss_fn
 
 
-def _torch_batch(batch):
-  import torch
-  return {k: torch.from_numpy(np.asarray(v)).long() for k, v in batch.items() if k != "weights"}
-
-
 def torch_steps(config, task, params, batches):
   """A function that runs the peer's training step once on each of `batches`."""
   import torch
   model, opt, loss_fn = torch_side(config, task.model, params)
   smoothing = config.task.get("label_smoothing", 0.0)
-  torch_batches = [_torch_batch(b) for b in batches]
+  from bench import torch_transformer  # its batch conversion serves both peers
+  torch_batches = [torch_transformer.to_torch_batch(b) for b in batches]
 
   def steps_once():
     for batch in torch_batches:
