@@ -74,10 +74,14 @@ class TorchRNNSeq2Seq(nn.Module):
 
   def _encode(self, inputs, lengths):
     """memory [B, S, H] (projected when bidirectional) and the decoder's first state."""
-    packed = pack_padded_sequence(self.dropout(self.src_embed(inputs)), lengths.cpu(),
-                                  batch_first=True, enforce_sorted=False)
-    memory, final = self.encoder(packed)
-    memory, _ = pad_packed_sequence(memory, batch_first=True, total_length=inputs.shape[1])
+    embedded = self.dropout(self.src_embed(inputs))
+    if bool((lengths == inputs.shape[1]).all()):  # full rows: the plain call, no packing
+      memory, final = self.encoder(embedded)
+    else:
+      packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True,
+                                    enforce_sorted=False)
+      memory, final = self.encoder(packed)
+      memory, _ = pad_packed_sequence(memory, batch_first=True, total_length=inputs.shape[1])
     both = lambda x: torch.cat(list(x), dim=-1)  # [directions, B, H] -> [B, directions * H]
     if self.cell == "lstm":
       state = (torch.tanh(self.bridge_h(both(final[0]))), self.bridge_c(both(final[1])))
