@@ -20,7 +20,7 @@ Array = jax.Array
 IMPLEMENTATIONS = ("reference", "blockwise", "xla", "cudnn") + kernels.KERNELS
 
 # The JAX backend each device-specific implementation needs, and that device in words.
-DEVICES = {"cudnn": ("gpu", "an NVIDIA GPU"), "splash": ("tpu", "a TPU"),
+_DEVICES = {"cudnn": ("gpu", "an NVIDIA GPU"), "splash": ("tpu", "a TPU"),
             "pallas_gpu": ("gpu", "a GPU")}
 
 
@@ -130,6 +130,15 @@ def _jax_nn(query, key, value, mask, bias, is_causal, scale, implementation):
       is_causal=is_causal, implementation=implementation)
 
 
+def check_device(implementation: str) -> None:
+  """A ValueError if `implementation` needs a device JAX's backend is not."""
+  platform, device = _DEVICES.get(implementation, (None, None))
+  if platform and jax.default_backend() != platform:
+    raise ValueError(
+        f"implementation={implementation!r} needs {device}, but JAX's backend is "
+        f"{jax.default_backend()!r}; use 'blockwise' or 'xla' here")
+
+
 def dot_product_attention(query: Array, key: Array, value: Array,
                           mask: Array | None = None, bias: Array | None = None,
                           is_causal: bool = False, scale: float | None = None,
@@ -174,12 +183,8 @@ def dot_product_attention(query: Array, key: Array, value: Array,
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {implementation!r}; "
                      f"known: {', '.join(IMPLEMENTATIONS)}")
-  platform, device = DEVICES.get(implementation, (None, None))
-  if platform and jax.default_backend() != platform and not (
-      interpret and implementation in kernels.KERNELS):
-    raise ValueError(
-        f"implementation={implementation!r} needs {device}, but JAX's backend is "
-        f"{jax.default_backend()!r}; use 'blockwise' or 'xla' here")
+  if not (interpret and implementation in kernels.KERNELS):
+    check_device(implementation)
   if implementation in kernels.KERNELS:
     out = kernels.attention(implementation, query, key, value, mask, bias, is_causal, scale,
                             block_q, block_k, interpret)

@@ -54,10 +54,10 @@ def _check_implementation(config) -> None:
   if implementation not in core.IMPLEMENTATIONS:
     raise ConfigError(f"model.implementation={implementation!r} is unknown; known: "
                       f"{', '.join(core.IMPLEMENTATIONS)}")
-  platform, device = core.DEVICES.get(implementation, (None, None))
-  if platform and jax.default_backend() != platform:
-    raise ConfigError(f"model.implementation={implementation!r} needs {device}, but JAX's "
-                      f"backend is {jax.default_backend()!r}; use 'blockwise' or 'xla' here")
+  try:
+    core.check_device(implementation)
+  except ValueError as e:
+    raise ConfigError(f"model.{e}") from None
 
 
 INF = math.inf
