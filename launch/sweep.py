@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -266,6 +267,11 @@ def run(args, trials, described: dict) -> int:
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
+  if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # Started with SIGINT ignored (e.g. `&` in a non-interactive shell): every child would
+    # inherit that, and submitit cancels a local job by SIGINT to its controller, so a
+    # pruned trial would run on to its end. A handler is not inherited across exec.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   if args.max_parallel < 1:
     print(f"error: --max-parallel must be at least 1, got {args.max_parallel}", file=sys.stderr)
     return 2

@@ -143,7 +143,10 @@ def test_slurm_search_with_wait_reports_and_prunes(tmp_path):
       [sys.executable, "-m", "launch.sweep", f"--config={SPEC}",
        f"--root={root}", "--search=optuna", "--trials=2", "--pruner=median:n_startup_trials=1",
        "--backend=slurm", "--cluster=local", "--wait"],
-      cwd=ROOT, env=_env(tmp_path), text=True, capture_output=True, timeout=600)
+      cwd=ROOT, env=_env(tmp_path), text=True, capture_output=True, timeout=600,
+      # Started with SIGINT ignored, as `&` in a script does (and as this test, now and then,
+      # found its worker): the cancel of a pruned local job must still stop it.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
   assert proc.returncode == 0, proc.stdout + proc.stderr
   log = (root / "trial-0001" / "log.txt").read_text()[-3000:]
   assert "submit trial-0000: job" in proc.stdout and "pruned trial-0001" in proc.stdout, (
