@@ -201,3 +201,63 @@ def check_override(config: ml_collections.ConfigDict, dotted: str) -> None:
               else f"known: {', '.join(node)}")
       raise ValueError(f"--config.{dotted}: no such config key; {hint}")
     node = node[part]
+
+
+# ---- image to text (experiments/ocr_digits.py, experiments/caption_digits.py) ----
+
+# The sweep's decoders: Xu et al. 2015's none / soft (with their context gate) / soft with
+# the doubly stochastic term / hard (their recipe), Lu et al. 2017's adaptive attention,
+# and the Transformer decoder.
+IMAGE_MODELS = ("none", "soft", "soft_ds", "hard", "adaptive", "transformer")
+IMAGE_DEFAULTS = dict(model="soft", steps=3000, test=False, smoke=False)
+_RNN_ATTENTION = {"none": "none", "soft": "bahdanau", "soft_ds": "bahdanau", "hard": "hard",
+                  "adaptive": "luong"}
+
+
+def image_config(args: dict[str, Any], data: str, height: int, metrics: str,
+                 select_by: str) -> ml_collections.ConfigDict:
+  """An image2seq config: `args` from `parse_arg(arg, IMAGE_DEFAULTS)`, images `height`
+  pixels high, dev scored by `metrics` and the best step picked by `select_by`."""
+  kind = args["model"]
+  if kind not in IMAGE_MODELS:
+    raise ValueError(f"config argument model={kind!r} is unknown; known: "
+                     f"{', '.join(IMAGE_MODELS)}")
+  c = base_config()
+  c.data.update(name=data, batch_size=32, eval_batch_size=100)
+  # Xu et al.'s lambda = 1 per caption; our terms are per target token like the
+  # cross-entropy, which keeps their ratio. Their entropy bonus on hard attention: 0.002.
+  c.task = ml_collections.ConfigDict(dict(
+      name="image2seq", label_smoothing=0.0,
+      doubly_stochastic=1.0 if kind == "soft_ds" else 0.0,
+      entropy_bonus=0.002 if kind == "hard" else 0.0))
+  cnn = dict(image_height=height, channels=(16, 32, 64), dtype="float32", dropout_rate=0.1)
+  if kind == "transformer":
+    c.model = ml_collections.ConfigDict(dict(
+        name="image_transformer", d_model=128, num_heads=4, d_ff=256, num_layers=2,
+        max_len=64, **cnn))
+  else:
+    c.model = ml_collections.ConfigDict(dict(
+        name="image_rnn", attention=_RNN_ATTENTION[kind], score="additive", cell="lstm",
+        tgt_embed_dim=64, hidden_dim=128, attention_dim=64,
+        context_gate=kind in ("soft", "soft_ds"), sentinel=kind == "adaptive",
+        expected_context_prob=0.5 if kind == "hard" else 0.0, **cnn))
+  c.optim.update(learning_rate=2e-3, warmup_steps=200)
+  c.train.update(steps=args["steps"], checkpoint_every=500, select_by=select_by)
+  c.evals.dev = evaluator(every=250, examples=500, metrics=metrics, heatmaps=2)
+  if args["test"]:
+    c.evals.test = test_evaluator(c.evals.dev)
+  if args["smoke"]:
+    apply_smoke(c)
+    c.data.name = data.partition("/")[0] + "/small"
+    c.model.channels = (4, 4, 8)  # three stages, as in the full config: a small grid
+    if "attention_dim" in c.model:
+      c.model.attention_dim = 8
+  return c
+
+
+def image_sweep(add) -> None:
+  """Every decoder of IMAGE_MODELS, 3 seeds, seed by seed (a sweep stopped early still has
+  every comparison for the seeds it began), each scored on test at its best dev step."""
+  for seed in range(3):
+    for kind in IMAGE_MODELS:
+      add(model=kind, seed=seed, test=True)

@@ -7,7 +7,8 @@ r"""Decode inputs with a trained run: one prediction and its log-probability per
 
 Inputs come from the arguments, else `--input=FILE`, else stdin, one per line: texts, or
 for a speech run paths of audio files (any rate, mixed to mono, resampled to the data
-set's 8 kHz, log-mel as in training). The run's
+set's 8 kHz, log-mel as in training), for an image run (OCR, captions) paths of image
+files (greyscale, scaled to the data set's height). The run's
 `config.json` gives the model and the data set (whose vocabularies encode the inputs, as
 the trainer opens them). A score is log p(output | input) summed over the output's tokens
 (EOS included), from one teacher-forced pass over the decoded output. For the lm task an
@@ -127,7 +128,7 @@ def decode_budget(task, batch: dict, max_len: int) -> int:
       raise PredictError(str(e)) from None
     return max_len
   budget = task.default_decode_len("dev")
-  if not _is_audio(task):  # frames say little about the length of the output
+  if not _is_file(task):  # frames or pixels say little about the length of the output
     longest = int(batch["input_lengths"].max())  # EOS included
     budget = max(budget, longest + max(4, longest // 2))
   return min(budget, task.decode_limit() or budget)
@@ -141,20 +142,23 @@ def decode_ids(task, params, batch: dict, max_len: int) -> np.ndarray:
   return ids[:, :_NBEST.value] if nbest else ids[:, None]
 
 
-def _is_audio(task) -> bool:
+def _is_file(task) -> bool:
+  """Whether inputs are paths of files (audio, images) rather than text."""
   return bool(getattr(task.dataset, "feature_dim", None))
 
 
 def input_records(task, texts: list[str]) -> list[dict]:
   """The inputs as the data set's records: texts checked against the vocabulary and the
-  model's limit; audio files (speech) read into log-mel frames and checked against it."""
+  model's limit; audio files (speech) read into log-mel frames and checked against it,
+  image files (image2seq) into columns of the data set's height."""
   dataset = task.dataset
-  if not _is_audio(task):
+  if not _is_file(task):
     vocab = dataset.target_vocab if task.name == "lm" else dataset.input_vocab
     io_lib.check_inputs(vocab, texts, input_limit(task.model))
     return [dataset.input_record(text) for text in texts]
   records = [dataset.input_record(path) for path in texts]  # a DataError names a bad file
-  limit = task.model.max_frames if task.model.encoder_type == "transformer" else None
+  transformer = getattr(task.model, "encoder_type", None) == "transformer"
+  limit = task.model.max_frames if transformer else None  # an image's width has none
   for record in records:
     frames = len(record["features"])
     if limit is not None and frames > limit:

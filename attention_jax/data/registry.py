@@ -10,11 +10,14 @@ Names are `name` or `name/config`, as in TFDS:
   tiny_shakespeare                       TFDS's tiny_shakespeare, prepared by the user
   spoken_digits[/words|/digits|/unseen_speaker|/small]  connected FSDD digits, log-mel
                                          (manual_dir; small: 256 train utterances, smoke runs)
+  digit_strings[/default|/long|/small|/sklearn]  OCR of strips of MNIST / sklearn digits
+  digit_scenes[/default|/small]          captions of digits on a 3x3 grid (what is where)
 
 Every `Dataset` exposes the same records (inputs, targets, references as str),
 an input and a target vocabulary, and split names train / dev / test
 (spoken_digits/unseen_speaker adds test_seen). `FeatureDataset` (spoken_digits)
-also gives the pipeline each record's float32 `features` [frames, feature_dim].
+also gives the pipeline each record's float32 `features` [frames, feature_dim];
+`ImageDataset` (digit_strings, digit_scenes) gives an image's columns as the frames.
 """
 import dataclasses
 import os
@@ -27,6 +30,9 @@ import tensorflow_datasets as tfds
 from attention_jax.data import integrity, paths
 from attention_jax.data.algorithmic import Algorithmic
 from attention_jax.data.cmudict_g2p import CmudictG2p
+from attention_jax.data.digit_builders import DigitScenes, DigitStrings
+from attention_jax.data.digit_builders import check_source as check_digit_source
+from attention_jax.data.digit_images import image_features, read_image
 from attention_jax.data.errors import DamagedDataError, DataError, MissingDataError, first_line
 from attention_jax.data.fortunes import Fortunes, find_fortune_files
 from attention_jax.data.freedict import FreedictDeuEng, find_source_file
@@ -52,8 +58,10 @@ class Spec:
   vocab_size: int = 8000            # default SentencePiece size
   how_to_prepare: str = ""          # shown when the data set is missing and cannot be built here
   input_kind: str = "text"          # "text", or "features": float arrays [frames, dim] the
-                                    # pipeline takes as inputs (`FeatureDataset`)
-  featurize: Any = None             # features: a file's path -> its frames (predict's inputs)
+                                    # pipeline takes as inputs (`FeatureDataset`), or "image":
+                                    # uint8 images whose columns are the frames (`ImageDataset`)
+  featurize: Any = None             # features: a file's path -> its frames (predict's inputs);
+                                    # image: (path, height) -> uint8 [height, width]
 
 
 DATASETS = {
@@ -84,6 +92,10 @@ DATASETS = {
         split_names=(("train", "train"), ("dev", "dev"), ("test", "test"),
                      ("test_seen", "test_seen")),  # test_seen: unseen_speaker only
         input_kind="features", featurize=file_features),
+    "digit_strings": Spec(DigitStrings, "digit_strings", ("default", "long", "small", "sklearn"),
+                          input_kind="image", featurize=read_image),
+    "digit_scenes": Spec(DigitScenes, "digit_scenes", ("default", "small"),
+                         input_kind="image", featurize=read_image),
 }
 
 # Builders whose raw files are checked before TFDS creates any directory:
@@ -92,6 +104,8 @@ _SOURCE_CHECKS = {
     FreedictDeuEng: lambda manual_dir, _: find_source_file(manual_dir, manual_dir is None),
     Fortunes: lambda manual_dir, _: find_fortune_files(manual_dir, manual_dir is None),
     SpokenDigits: check_recordings,
+    DigitStrings: check_digit_source,  # their sources are packages: is it installed?
+    DigitScenes: check_digit_source,
 }  # FreeDict and fortunes search their default dir only when no manual dir is given
 
 
@@ -383,6 +397,42 @@ class FeatureSource(RecordSource):
     return out
 
 
+class ImageDataset(FeatureDataset):
+  """A data set whose inputs are uint8 images [height, width] (digit_strings, digit_scenes).
+
+  The columns play the part of frames: `source(split)` records hold `features`, float32
+  [width, height] = image.T / 255 (so the pipeline pads widths with black and
+  `input_lengths` are widths), and the `image` itself. `feature_dim` is the height, and
+  `max_lengths` gives (widest image, longest target) from the split stats.
+  """
+
+  @property
+  def feature_dim(self) -> int:
+    return int(self.builder.info.features["image"].shape[0])
+
+  def source(self, split: str) -> "ImageSource":
+    return self._open(split, ImageSource)
+
+  def input_record(self, path: str) -> dict:
+    """The record of an image file given as an input (predict): grey, light digits on
+    black, `feature_dim` rows high (see `digit_images.read_image`)."""
+    image = self.spec.featurize(path, self.feature_dim)
+    return {"inputs": path, "targets": "", "features": image_features(image), "image": image}
+
+
+class ImageSource(RecordSource):
+  """`RecordSource` records plus `image`, uint8 [height, width], and its `features`."""
+
+  def _convert(self, record: dict) -> dict:
+    out = super()._convert(record)
+    out["image"] = np.asarray(record["image"], np.uint8)
+    out["features"] = image_features(out["image"])
+    return out
+
+
+_DATASET_CLASSES = {"text": Dataset, "features": FeatureDataset, "image": ImageDataset}
+
+
 def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | None = None,
                 tokenizer: str | None = None, vocab_size: int | None = None,
                 prepare_if_missing: bool = True, config=None) -> Dataset:
@@ -432,8 +482,7 @@ def get_dataset(name: str, *, data_dir: str | None = None, manual_dir: str | Non
     in_vocab, out_vocab = _chars(dataset, "inputs"), _chars(dataset, "targets")
   else:
     raise DataError(f"Unknown tokenizer {tokenizer!r}; known: {', '.join(TOKENIZERS)}.")
-  dataset_cls = FeatureDataset if spec.input_kind == "features" else Dataset
-  return dataset_cls(name, builder, spec, in_vocab, out_vocab)
+  return _DATASET_CLASSES[spec.input_kind](name, builder, spec, in_vocab, out_vocab)
 
 
 def _fix(spec: Spec, name: str, builder) -> str:

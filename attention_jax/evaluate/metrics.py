@@ -26,6 +26,10 @@ HIGHER_IS_BETTER = {
     # word-level edit rate (edits / reference words), for g2p the fraction of wrong words.
     "wer": False, "per": False, "wer_no_stress": False, "per_no_stress": False,
     "cer": False,  # asr: character edits / reference characters, spaces included
+    # image2seq, descriptive: Xu et al.'s coverage term, alignment entropy (nats per token),
+    # Lu et al.'s sentinel weight on digit and on other tokens.
+    "doubly_stochastic": False, "attention_entropy": False,
+    "sentinel_beta_digits": False, "sentinel_beta_words": True,
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from attention_jax.models.image import ImageRNN, ImageTransformer
 from attention_jax.models.rnn_seq2seq import RNNSeq2Seq
 from attention_jax.models.speech import SpeechSeq2Seq
 from attention_jax.models.transformer import DecoderOnlyLM, EncoderDecoderTransformer
@@ -21,6 +22,8 @@ MODELS: dict[str, type[nn.Module]] = {
     "transformer": EncoderDecoderTransformer,
     "lm": DecoderOnlyLM,
     "speech": SpeechSeq2Seq,
+    "image_rnn": ImageRNN,
+    "image_transformer": ImageTransformer,
 }
 _DTYPE_FIELDS = ("dtype", "param_dtype")
 

@@ -1,19 +1,21 @@
 """Tasks: what a batch, a loss, a prediction and a score are, for each kind of problem.
 
 `build_task(config, dataset)` makes the task named by `config.task.name`
-(`seq2seq`, `lm` or `speech`) around the model of `config.model`, sized to the data's
+(`seq2seq`, `lm`, `speech` or `image2seq`) around the model of `config.model`, sized to the data's
 vocabularies. See `tasks/base.py` for the interface the trainer uses.
 """
 from __future__ import annotations
 
 from attention_jax.models.registry import build_model
 from attention_jax.tasks.base import Task, cross_entropy, token_mask
+from attention_jax.tasks.image import ImageTask
 from attention_jax.tasks.lm import LMTask
 from attention_jax.tasks.seq2seq import Seq2SeqTask
 from attention_jax.tasks.speech import SpecAugment, SpeechTask
 
-TASKS = {"seq2seq": Seq2SeqTask, "lm": LMTask, "speech": SpeechTask}
-MODELS = {"seq2seq": ("rnn_seq2seq", "transformer"), "lm": ("lm",), "speech": ("speech",)}
+TASKS = {"seq2seq": Seq2SeqTask, "lm": LMTask, "speech": SpeechTask, "image2seq": ImageTask}
+MODELS = {"seq2seq": ("rnn_seq2seq", "transformer"), "lm": ("lm",), "speech": ("speech",),
+          "image2seq": ("image_rnn", "image_transformer")}
 
 
 def check(config) -> None:
@@ -41,6 +43,9 @@ def build_task(config, dataset, vocab_size: int | None = None) -> Task:
                   label_smoothing=smoothing)
   if config.task.name == "speech":
     return _speech_task(config, dataset, build_model(model_config), smoothing)
+  if config.task.name == "image2seq":
+    given = {k: config.task[k] for k in ("doubly_stochastic", "entropy_bonus") if k in config.task}
+    return ImageTask(build_model(model_config), dataset, label_smoothing=smoothing, **given)
   model_config["src_vocab_size"] = vocab_size or dataset.input_vocab.size
   return Seq2SeqTask(build_model(model_config), dataset, label_smoothing=smoothing)
 
@@ -52,5 +57,5 @@ def _speech_task(config, dataset, model, smoothing: float) -> SpeechTask:
   return SpeechTask(model, dataset, label_smoothing=smoothing, augment=augment, **given)
 
 
-__all__ = ["LMTask", "Seq2SeqTask", "SpeechTask", "TASKS", "Task", "build_task", "check",
+__all__ = ["ImageTask", "LMTask", "Seq2SeqTask", "SpeechTask", "TASKS", "Task", "build_task", "check",
            "cross_entropy", "token_mask"]

@@ -15,6 +15,10 @@ CONFIGS = {
     "lm": dict(vocab_size=9, d_model=16, num_heads=2, d_ff=32, num_layers=1, max_len=16),
     "speech": dict(vocab_size=9, feature_dim=6, hidden_dim=16, attention_dim=8,
                    tgt_embed_dim=8, frontend_channels=2, score="location_aware"),
+    "image_rnn": dict(vocab_size=9, image_height=6, channels=(2,), hidden_dim=16,
+                      attention="luong", score="additive", sentinel=True, tgt_embed_dim=8),
+    "image_transformer": dict(vocab_size=9, image_height=6, channels=(2,), d_model=16,
+                              num_heads=2, d_ff=32, num_layers=1, max_len=16, grid_blocks=1),
 }
 
 
@@ -26,7 +30,7 @@ def test_every_model_builds_from_a_config_and_runs(name):
   inputs, lengths = jnp.array([[3, 4, 5, 0], [6, 7, 8, 5]]), jnp.array([3, 4])
   targets_in = jnp.array([[1, 3, 4], [1, 5, 6]])
   args = (targets_in,) if name == "lm" else (inputs, lengths, targets_in)
-  if name == "speech":  # log-mel frames [batch, frames, feature_dim]
+  if name == "speech" or name.startswith("image"):  # frames or columns [batch, n, 6]
     args = (jnp.ones((2, 9, 6)), jnp.array([9, 5]), targets_in)
   variables = model.init(jax.random.key(0), *args)
   logits = model.apply(variables, *args)
