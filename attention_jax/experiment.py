@@ -229,8 +229,10 @@ def image_config(args: dict[str, Any], data: str, height: int, metrics: str,
   c.task = ml_collections.ConfigDict(dict(
       name="image2seq", label_smoothing=0.0,
       doubly_stochastic=1.0 if kind == "soft_ds" else 0.0,
-      entropy_bonus=0.002 if kind == "hard" else 0.0))
-  cnn = dict(image_height=height, channels=(16, 32, 64), dtype="float32", dropout_rate=0.1)
+      entropy_bonus=0.002 if kind == "hard" else 0.0,
+      sort_window=8))  # batches of strips of similar widths: widths pad to a power of two
+  # 8-16-32 channels: a third of 16-32-64's step time on a CPU (the convolutions dominate).
+  cnn = dict(image_height=height, channels=(8, 16, 32), dtype="float32", dropout_rate=0.1)
   if kind == "transformer":
     c.model = ml_collections.ConfigDict(dict(
         name="image_transformer", d_model=128, num_heads=4, d_ff=256, num_layers=2,

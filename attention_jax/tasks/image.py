@@ -61,8 +61,10 @@ class ImageTask(Seq2SeqTask):
   name = "image2seq"
 
   def __init__(self, model, dataset, *, label_smoothing: float = 0.0,
-               doubly_stochastic: float = 0.0, entropy_bonus: float = 0.0):
+               doubly_stochastic: float = 0.0, entropy_bonus: float = 0.0,
+               sort_window: int = 0):
     super().__init__(model, dataset, label_smoothing=label_smoothing)
+    self.sort_window = sort_window  # train batches per width-sorted window (0: none)
     self.rnn = isinstance(model, ImageRNN) and model.attention != "none"
     self.sentinel = getattr(model, "sentinel", False)
     self.doubly_stochastic = float(doubly_stochastic)
@@ -95,7 +97,8 @@ class ImageTask(Seq2SeqTask):
 
   def batches(self, split, *, batch_size, seed=0, train=False, indices=None):
     return data_pipeline.make_pipeline(self.dataset, split, batch_size=batch_size, seed=seed,
-                                       train=train, indices=indices, add_eos_to_inputs=False)
+                                       train=train, indices=indices, add_eos_to_inputs=False,
+                                       sort_window=self.sort_window if train else 0)
 
   def _mutable(self, train: bool) -> tuple[str, ...]:
     out = ("reinforce",) if self.hard and train else ()
