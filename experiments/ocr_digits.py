@@ -12,8 +12,10 @@ Arguments (after the colon): model (none, soft, soft_ds, hard, adaptive, transfo
 `attention_jax.experiment.IMAGE_MODELS`), long, steps, test (score the best dev step on
 test at the end), smoke.
 
-Sweep (`python -m launch.sweep --config=experiments/ocr_digits.py --root=runs/ocr_digits`):
-`sweep`, every decoder x 3 seeds, each tested at its best dev CER.
+Sweeps (`python -m launch.sweep --config=experiments/ocr_digits.py --root=runs/ocr_digits`):
+`sweep`, every decoder x 3 seeds, each tested at its best dev CER; `long_strings`
+(`--sweep=long_strings --root=runs/ocr_long`), the same on `digit_strings/long`: trained on
+1-5 digits, tested on 6-10.
 """
 from attention_jax import experiment
 
@@ -28,3 +30,8 @@ def get_config(arg=None):
 
 
 sweep = experiment.image_sweep
+
+
+def long_strings(add):
+  """`sweep` on the long strings: does attention read strings longer than any it saw?"""
+  experiment.image_sweep(lambda **kw: add(long=True, **kw))

@@ -64,11 +64,16 @@ def disk_full(e: BaseException | None) -> bool:
 
 
 class _QuietOrbax(logging.Filter):
-  """Drops orbax's error logs (a traceback per background thread, hundreds of lines):
-  the same failures reach the caller as exceptions, reported in one line."""
+  """Drops orbax's error logs (a traceback per background thread, hundreds of lines), and
+  asyncio's about orbax's tasks: the same failures reach the caller as exceptions,
+  reported in one line."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname
+    if record.levelno < logging.ERROR:
+      return True
+    if record.name == "asyncio":  # "Task exception was never retrieved" of an orbax writer
+      return f"{os.sep}orbax{os.sep}" not in record.getMessage()
+    return f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
 _QUIET = _QuietOrbax()
@@ -110,6 +115,9 @@ class Checkpoints:
     self.every = every
     self.directory = os.path.abspath(os.path.join(workdir, name))
     logging.getLogger("absl").addFilter(_QUIET)  # orbax logs through absl; added once
+    # When several writers of one save fail (a full disk), orbax's gather retrieves the
+    # first failure only; asyncio logs each other one with a traceback when it is freed.
+    logging.getLogger("asyncio").addFilter(_QUIET)
     _drain_failed_loops()
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),

@@ -1,4 +1,8 @@
 """Checkpoints round-trip the sharded state and the data position exactly."""
+import asyncio
+import gc
+import types
+
 import jax
 import numpy as np
 
@@ -46,3 +50,31 @@ def test_keeps_only_the_last_checkpoints(tmp_path):
   ckpt.wait()
   assert sorted(ckpt.manager.all_steps()) == [2, 3]
   ckpt.close()
+
+
+def test_an_orbax_writers_unretrieved_failure_is_not_logged_others_are(tmp_path, caplog):
+  """A save's writers that fail after the first (a full disk) are freed unretrieved, and
+  asyncio would log each with a traceback: the caller already has that failure in one line.
+  A task of anyone else's code is still logged."""
+  checkpoint.Checkpoints(str(tmp_path), every=1)  # installs the filters
+  from orbax.checkpoint._src.serialization import serialization  # a file of orbax's
+
+  async def write():
+    raise OSError(28, "No space left on device")
+  orbax_write = types.FunctionType(write.__code__.replace(co_filename=serialization.__file__),
+                                   globals(), "write")
+
+  async def ours():
+    raise OSError(28, "No space left on device")
+
+  for coroutine, logged in ((orbax_write, False), (ours, True)):
+    caplog.clear()
+    loop = asyncio.new_event_loop()
+
+    async def main():
+      asyncio.ensure_future(coroutine())
+      await asyncio.sleep(0.01)
+    loop.run_until_complete(main())
+    loop.close()
+    gc.collect()
+    assert any("never retrieved" in r.getMessage() for r in caplog.records) == logged
