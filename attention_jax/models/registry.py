@@ -45,6 +45,9 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
     if key not in known:
       raise ValueError(f"model.{key} is not a field of {cls.__name__} (model.name={name!r}); "
                        f"known: {', '.join(known)}")
+  for key, value in config.items():  # a config read back from JSON (predict) has lists:
+    if isinstance(value, list):       # modules are static jit arguments, so hashable
+      config[key] = tuple(value)
   for key in _DTYPE_FIELDS:
     if isinstance(config.get(key), str):
       try:

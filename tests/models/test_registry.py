@@ -48,3 +48,11 @@ def test_unknown_names_and_fields_are_named():
     build_model(dict(CONFIGS["transformer"], name="transformer", num_head=2))
   with pytest.raises(ValueError, match=r"model.dtype='float33' is not a dtype"):
     build_model(dict(CONFIGS["lm"], name="lm", dtype="float33"))
+
+
+def test_list_fields_from_a_json_config_become_tuples():
+  """predict rebuilds the model from config.json, where tuples come back as lists; a model
+  is a static argument of jitted decoding, so it must hash."""
+  config = dict(CONFIGS["image_rnn"], name="image_rnn", channels=[2, 3])
+  model = build_model(config)
+  assert model.channels == (2, 3) and hash(model) == hash(build_model(config))
