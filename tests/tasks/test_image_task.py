@@ -139,7 +139,7 @@ def test_regularisers_without_their_model_are_named(task_kw, model_kw, message):
 
 def test_images_of_another_height_or_text_data_are_named():
   task = _task()
-  task.dataset = types.SimpleNamespace(**vars(_dataset()), **{})
+  task.dataset = _dataset()
   task.dataset.feature_dim = 16
   with pytest.raises(ValueError, match="model.image_height=8 pixels; .* has images 16 pixels"):
     task.check_data()
