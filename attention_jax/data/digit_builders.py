@@ -131,18 +131,15 @@ class _DigitImageBuilder(TextToTextBuilder, skip_registration=True):
     config = self.builder_config
     self._source = digit_images.load_source(config.source)
     pools = digit_images.split_source(len(self._source.images))
-    self._pictures = {s: self._plan(self._source, pools[s], s) for s, _ in config.sizes}
+    pictures = {s: self._plan(self._source, pools[s], s) for s, _ in config.sizes}
     extra = {"source": config.source, "origin": self._source.origin,
              "source_sha256": self._source.sha256, "split_seed": digit_images.SPLIT_SEED,
              "source_images": {s: len(pool) for s, pool in pools.items()},
              "height": self._height(), **settings(config)}
-    return self._pictures, extra
+    return pictures, extra
 
-  def _split_generators(self, dl_manager):
-    generators = super()._split_generators(dl_manager)
-    for split, pictures in self._pictures.items():
-      self.info.metadata["split_stats"][split].update(_image_stats(pictures))
-    return generators
+  def _split_stats(self, rows):
+    return _image_stats(rows)
 
   def _generate_examples(self, rows):
     for i, p in enumerate(rows):

@@ -309,7 +309,7 @@ class SpokenDigits(TextToTextBuilder):
     recordings = find_recordings(directory)
     pools = make_pools(recordings, config, os.fspath(directory))
     self._audio, digest = _load(recordings)
-    self._utterances = {s: plan_split(pool, config, s) for s, pool in pools.items()}
+    utterances = {s: plan_split(pool, config, s) for s, pool in pools.items()}
     extra = {
         "sample_rate": SAMPLE_RATE, "feature_dim": FEATURE_DIM, "hop_ms": 1000 * HOP // SAMPLE_RATE,
         "window_ms": 1000 * WINDOW // SAMPLE_RATE, "n_fft": N_FFT, "fmin": FMIN,
@@ -320,13 +320,10 @@ class SpokenDigits(TextToTextBuilder):
         "recordings": {s: len(pool) for s, pool in pools.items()},
         "recordings_sha256": digest,
     }
-    return self._utterances, extra
+    return utterances, extra
 
-  def _split_generators(self, dl_manager):
-    generators = super()._split_generators(dl_manager)
-    for split, utterances in self._utterances.items():
-      self.info.metadata["split_stats"][split].update(_audio_stats(utterances))
-    return generators
+  def _split_stats(self, rows):
+    return _audio_stats(rows)
 
   def _generate_examples(self, rows):
     for i, u in enumerate(rows):

@@ -93,6 +93,12 @@ class TextToTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     """Record fields beside the three texts (none here)."""
     return {}
 
+  def _split_stats(self, rows: list) -> dict:
+    """Statistics of one split beside the text lengths (a builder whose inputs are not
+    text replaces the input lengths here: frames, image widths)."""
+    del rows
+    return {}
+
   @abc.abstractmethod
   def _make_splits(self, dl_manager) -> tuple[dict[str, list[Row]], dict]:
     """Returns (split name -> rows, extra metadata such as seeds and versions)."""
@@ -110,7 +116,8 @@ class TextToTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     out_vocab.save(self.data_path / TARGET_VOCAB_FILE)
     self.info.metadata.update(extra)
     self.info.metadata["split_stats"] = {
-        name: _stats(rows, in_vocab, out_vocab) for name, rows in splits.items()}
+        name: {**_stats(rows, in_vocab, out_vocab), **self._split_stats(rows)}
+        for name, rows in splits.items()}
     return {name: self._generate_examples(rows) for name, rows in splits.items()}
 
   def _generate_examples(self, rows):

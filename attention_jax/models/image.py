@@ -10,9 +10,10 @@
          = ceil(width / 2^stages) * H' (the decoders' attention masks are length masks).
 
 Padding never changes a real position's features: the input and every convolution's
-output are zeroed beyond the real columns before the next convolution reads them (as the speech front end does), the
-explicit padding of one keeps every window where it is on the unpadded image, and the
-LayerNorm is per position (a batch or group norm would mix padding into the statistics).
+output are zeroed beyond the real columns before the next convolution reads them (as the
+speech front end does), the explicit padding of one keeps every window where it is on the
+unpadded image, and the LayerNorm is per position (a batch or group norm would mix
+padding into the statistics).
 
 `ImageRNN` is `RNNSeq2Seq`'s decoder over the grid (every score function, Alignment kind
 and cell), its initial state the bridged mean of the real grid positions, plus
@@ -102,14 +103,19 @@ class _ImageEncoding:
   def _cnn(self, features: int) -> CNNEncoder:
     return CNNEncoder(tuple(self.channels), features, self.dtype, self.param_dtype, name="cnn")
 
-  def grid_shape(self, width: int) -> tuple[int, int]:
-    scale = 2 ** len(self.channels)
-    return _ceil_div(width, scale), _ceil_div(self.image_height, scale)
+  @property
+  def grid_scale(self) -> int:
+    """Pixels per grid cell along each axis: every CNN stage halves both."""
+    return 2 ** len(self.channels)
+
+  def grid_shape(self, width):
+    """(W', H'): the grid's columns for `width` pixel columns (an int or an array), and rows."""
+    return _ceil_div(width, self.grid_scale), _ceil_div(self.image_height, self.grid_scale)
 
   def grid_lengths(self, input_lengths: Array) -> Array:
-    width, height = self.grid_shape(1)
-    del width
-    return _ceil_div(input_lengths, 2 ** len(self.channels)) * height
+    """Real grid positions `[B]` of images `input_lengths` columns wide (a length prefix)."""
+    columns, rows = self.grid_shape(input_lengths)
+    return columns * rows
 
   def _check_image(self, inputs: Array) -> None:
     if inputs.ndim != 3 or inputs.shape[-1] != self.image_height:

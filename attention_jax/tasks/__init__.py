@@ -1,8 +1,8 @@
 """Tasks: what a batch, a loss, a prediction and a score are, for each kind of problem.
 
 `build_task(config, dataset)` makes the task named by `config.task.name`
-(`seq2seq`, `lm`, `speech` or `image2seq`) around the model of `config.model`, sized to the data's
-vocabularies. See `tasks/base.py` for the interface the trainer uses.
+(`seq2seq`, `lm`, `speech` or `image2seq`) around the model of `config.model`, sized to
+the data's vocabularies. See `tasks/base.py` for the interface the trainer uses.
 """
 from __future__ import annotations
 
@@ -58,5 +58,5 @@ def _speech_task(config, dataset, model, smoothing: float) -> SpeechTask:
   return SpeechTask(model, dataset, label_smoothing=smoothing, augment=augment, **given)
 
 
-__all__ = ["ImageTask", "LMTask", "Seq2SeqTask", "SpeechTask", "TASKS", "Task", "build_task", "check",
-           "cross_entropy", "token_mask"]
+__all__ = ["ImageTask", "LMTask", "Seq2SeqTask", "SpeechTask", "TASKS", "Task", "build_task",
+           "check", "cross_entropy", "token_mask"]

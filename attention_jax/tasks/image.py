@@ -75,7 +75,7 @@ class ImageTask(Seq2SeqTask):
     if self.entropy_bonus and not self.hard:
       raise ValueError("task.entropy_bonus is for model.attention='hard' (Xu et al.'s recipe)")
     vocab = dataset.target_vocab if dataset is not None else None
-    self._digits = np.array([bool(vocab) and i > EOS_ID and vocab.decode([i]).isdigit()
+    self._digits = np.array([i > EOS_ID and vocab.decode([i]).isdigit()
                              for i in range(vocab.size if vocab else 0)], bool)
 
   def check_data(self) -> None:
@@ -101,9 +101,10 @@ class ImageTask(Seq2SeqTask):
                                        sort_window=self.sort_window if train else 0)
 
   def _mutable(self, train: bool) -> tuple[str, ...]:
+    # The weights (and a sentinel's beta) in evaluations, and when training weighs them.
     out = ("reinforce",) if self.hard and train else ()
     weights = self.rnn and (not train or self.doubly_stochastic or self.entropy_bonus)
-    return out + (("intermediates",) if weights or (self.sentinel and not train) else ())
+    return out + (("intermediates",) if weights else ())
 
   def loss(self, params, batch, rng, *, train):
     rngs = None
@@ -180,7 +181,6 @@ class ImageTask(Seq2SeqTask):
     if weights is None:
       return {}
     betas = inter["intermediates"].get("sentinel_beta")
-    scale = 2 ** len(self.model.channels)
     figures = {}
     for i in range(len(rows["weights"])):
       width = int(rows["input_lengths"][i])
@@ -188,7 +188,7 @@ class ImageTask(Seq2SeqTask):
       maps = weights[i, :, :grid_w * grid_h].reshape(-1, grid_w, grid_h)
       tokens = _tokens(self.dataset.target_vocab, rows["targets"][i])
       figures[f"example_{i}_attention"] = image_viz.make_image_figure(
-          rows["inputs"][i, :width].T, maps, tokens, scale=scale,
+          rows["inputs"][i, :width].T, maps, tokens, scale=self.model.grid_scale,
           betas=None if betas is None else np.asarray(betas[0])[i],
           title=f"example {i}, step {step}")
     return figures
