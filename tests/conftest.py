@@ -62,6 +62,21 @@ def wait_for():
 
 
 @pytest.fixture(scope="session")
+def shared_data_dir(tmp_path_factory):
+  """One data dir for every test that reads data sets without damaging them.
+
+  Under pytest-xdist each worker's base temp is <session dir>/popen-gwN, so the
+  session dir is shared: a data set is built once for the whole suite, not once
+  per test (cmudict_g2p takes ~15 s). Concurrent first builds wait on the
+  registry's build lock. Tests that damage data sets make their own dirs.
+  """
+  base = tmp_path_factory.getbasetemp()
+  shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared_data"
+  shared.mkdir(exist_ok=True)
+  return str(shared)
+
+
+@pytest.fixture(scope="session")
 def spoken_digit_recordings(tmp_path_factory):
   """A manual dir of FSDD-like recordings: 0.1 s 8 kHz tones, one pitch per digit, 2
   speakers, indices 0-11 (0-4 test, 5-9 dev, 10-11 train); never the real recordings."""

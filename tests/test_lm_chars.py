@@ -14,6 +14,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+# One xdist worker runs the whole module: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_lm_chars")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIPS = ["A fool and his money are soon parted.", "He who laughs last laughs best.",
          "Never put off till tomorrow what you can do today.", "Time flies like an arrow.",

@@ -19,6 +19,9 @@ from attention_jax import data, predict_io, tasks
 from attention_jax.data.vocab import BOS_ID, EOS_ID
 from attention_jax.train import evaluators
 
+# One xdist worker runs the whole module: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_predict")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COPY = ["--config.data.name=algorithmic/copy", "--config.evals.dev.examples=16",
         "--config.evals.dev.metrics=sequence_accuracy,token_error_rate", "--config.train.steps=6"]
@@ -26,8 +29,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("data"))
+def data_dir(shared_data_dir):
+  return shared_data_dir
 
 
 def _env(data_dir):

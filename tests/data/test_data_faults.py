@@ -15,6 +15,9 @@ import pytest
 
 from attention_jax.data import DamagedDataError, DataError, DataFormatError, prepare, registry
 
+# One xdist worker runs the whole module: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_data_faults")
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAME = "algorithmic/copy"
 SHARD = "algorithmic-train.array_record-00000-of-00001"

@@ -15,6 +15,9 @@ from attention_jax.data import fortunes, lm_pipeline, registry
 from attention_jax.data.errors import DataError, MissingDataError
 from attention_jax.data.vocab import EOS_ID, SymbolVocabulary
 
+# One xdist worker runs the whole module: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_data_fortunes")
+
 tfds.display_progress_bar(False)
 
 ONE = {"process_index": 0, "process_count": 1, "num_threads": 0}

@@ -9,6 +9,9 @@ from attention_jax.data import freedict, registry
 from attention_jax.data.errors import DataFormatError, MissingDataError
 from attention_jax.data.vocab import SentencePieceVocabulary
 
+# One xdist worker runs the whole module: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_data_freedict")
+
 TEI_HEAD = """<?xml version="1.0" encoding="UTF-8"?>
 <TEI xmlns="http://www.tei-c.org/ns/1.0">
  <teiHeader><fileDesc><titleStmt><title>German-English test dictionary</title></titleStmt></fileDesc></teiHeader>

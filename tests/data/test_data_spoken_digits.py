@@ -19,6 +19,9 @@ from attention_jax.data import make_pipeline, prepare, registry, spoken_digits
 from attention_jax.data.errors import DataError, MissingDataError
 from attention_jax.data.vocab import BOS_ID, EOS_ID
 
+# One xdist worker runs the whole module: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_data_spoken_digits")
+
 tfds.display_progress_bar(False)
 
 SPEAKERS = ("alice", "bob", "carol")

@@ -18,6 +18,9 @@ from attention_jax.data import digit_builders, digit_images, make_pipeline, regi
 from attention_jax.data.digit_images import CELL, GRID, PAD, PLACES
 from attention_jax.data.errors import DataError, MissingDataError
 
+# One xdist worker runs the whole module: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_digit_images")
+
 tfds.display_progress_bar(False)
 
 NOISE = digit_builders.DigitStringsConfig.noise  # grey levels, both data sets

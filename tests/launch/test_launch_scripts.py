@@ -67,9 +67,9 @@ def test_slurm_parameters_make_the_expected_sbatch_script(tmp_path, monkeypatch)
   assert "slurm_partition" not in cpu_only
 
 
-def test_slurm_backend_runs_a_trial_through_submitit(tmp_path):
+def test_slurm_backend_runs_a_trial_through_submitit(tmp_path, shared_data_dir):
   root = tmp_path / "sweep"
-  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=str(tmp_path / "data"), JAX_PLATFORMS="cpu")
+  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=shared_data_dir, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run(
       [sys.executable, "-m", "launch.sweep", "--config=tests/launch/sweep_experiment.py",

@@ -26,8 +26,8 @@ PARAMS = [{"attention": "luong", "optim.learning_rate": 3e-3},
 FLAGS = ["--search=optuna", "--trials=4", "--pruner=median:n_startup_trials=1"]
 
 
-def _env(tmp_path):
-  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=str(tmp_path / "data"), JAX_PLATFORMS="cpu")
+def _env(data_dir):
+  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   return env
 
@@ -65,8 +65,8 @@ def _first_run_is_interrupted_in_trial_2(root, env):
   return out
 
 
-def test_search_prunes_fails_resumes_and_reports(tmp_path):
-  root, env = tmp_path / "search", _env(tmp_path)
+def test_search_prunes_fails_resumes_and_reports(tmp_path, shared_data_dir):
+  root, env = tmp_path / "search", _env(shared_data_dir)
   os.makedirs(root)
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   study = search.open_study(str(root), "minimize")  # the sweep continues this study
@@ -131,7 +131,7 @@ def _check_report(root, trials, manifest):
     assert f"plot: {root}/report/{name}" in proc.stdout
 
 
-def test_slurm_search_with_wait_reports_and_prunes(tmp_path):
+def test_slurm_search_with_wait_reports_and_prunes(tmp_path, shared_data_dir):
   """Through submitit's local executor: the sweep watches the jobs, and pruning cancels one."""
   root = tmp_path / "search"
   os.makedirs(root)
@@ -143,7 +143,7 @@ def test_slurm_search_with_wait_reports_and_prunes(tmp_path):
       [sys.executable, "-m", "launch.sweep", f"--config={SPEC}",
        f"--root={root}", "--search=optuna", "--trials=2", "--pruner=median:n_startup_trials=1",
        "--backend=slurm", "--cluster=local", "--wait"],
-      cwd=ROOT, env=_env(tmp_path), text=True, capture_output=True, timeout=600,
+      cwd=ROOT, env=_env(shared_data_dir), text=True, capture_output=True, timeout=600,
       # Started with SIGINT ignored, as `&` in a script does (and as this test, now and then,
       # found its worker): the cancel of a pruned local job must still stop it.
       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))

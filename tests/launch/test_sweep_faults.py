@@ -23,8 +23,8 @@ HOST = socket.gethostname()
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("data"))
+def data_dir(shared_data_dir):
+  return shared_data_dir
 
 
 def _command(*args):

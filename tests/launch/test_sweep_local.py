@@ -17,8 +17,8 @@ SPEC = "tests/launch/sweep_experiment.py"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("data"))
+def data_dir(shared_data_dir):
+  return shared_data_dir
 
 
 def _sweep(data_dir, *args, **popen):

@@ -11,6 +11,9 @@ from attention_jax.data import algorithmic, registry
 from attention_jax.models.registry import build_model
 from attention_jax.train import evaluators, optim, partition, setup, validate
 
+# One xdist worker runs the whole module: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_evaluators")
+
 SIZES = (("train", 240), ("dev", 300), ("test", 40))
 
 

@@ -15,10 +15,10 @@ record_losses = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(record_losses)
 
 
-def test_default_experiment_losses_are_bitwise_those_before_the_redesign(tmp_path):
+def test_default_experiment_losses_are_bitwise_those_before_the_redesign(tmp_path, shared_data_dir):
   with open(os.path.join(HERE, "golden", "g2p_attention_losses.json")) as f:
     golden = json.load(f)
-  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=str(tmp_path / "data"), JAX_PLATFORMS="cpu")
+  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=shared_data_dir, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   # Evaluation reads no training randomness: a small one at the end keeps the test short.
   extra = ["--config.evals.dev.examples=8", "--config.evals.dev.heatmaps=0"]

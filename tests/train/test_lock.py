@@ -49,9 +49,9 @@ def test_lock_of_a_killed_holder_is_taken_over(holder, tmp_path):
     pass
 
 
-def test_trainer_refuses_a_held_workdir_and_writes_nothing(holder, tmp_path):
+def test_trainer_refuses_a_held_workdir_and_writes_nothing(holder, tmp_path, shared_data_dir):
   workdir = tmp_path / "run"
-  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=str(tmp_path / "data"), JAX_PLATFORMS="cpu")
+  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=shared_data_dir, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, "-m", "attention_jax.main", f"--config={G2P}:smoke=True",
        f"--workdir={workdir}", "--config.data.name=algorithmic/copy",

@@ -24,8 +24,8 @@ COPY = ["--config.data.name=algorithmic/copy", "--config.evals.dev.examples=16",
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("data"))
+def data_dir(shared_data_dir):
+  return shared_data_dir
 
 
 def _command(config, workdir, *flags):

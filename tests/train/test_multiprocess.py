@@ -32,9 +32,9 @@ def _losses(workdir):
   return [(r["step"], r["split"], r["loss"]) for r in rows]
 
 
-def test_two_processes_agree_with_one(tmp_path):
-  data_dir = str(tmp_path / "data")
-  single = _launch(tmp_path / "single", data_dir)  # also builds the data
+def test_two_processes_agree_with_one(tmp_path, shared_data_dir):
+  data_dir = shared_data_dir
+  single = _launch(tmp_path / "single", data_dir)  # builds the data if no test has yet
   out = single.communicate(timeout=600)[0]
   assert single.returncode == 0, out[-3000:]
 

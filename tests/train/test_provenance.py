@@ -60,9 +60,9 @@ def test_set_deterministic_adds_the_flag_once(monkeypatch):
                                              *provenance.DETERMINISTIC_FLAGS]
 
 
-def test_a_run_records_its_provenance(tmp_path):
+def test_a_run_records_its_provenance(tmp_path, shared_data_dir):
   """A relative --workdir, made absolute; train.deterministic's flag reaches XLA_FLAGS."""
-  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=str(tmp_path / "data"), JAX_PLATFORMS="cpu",
+  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=shared_data_dir, JAX_PLATFORMS="cpu",
              PYTHONPATH=ROOT)
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run(
@@ -86,7 +86,7 @@ def test_a_run_records_its_provenance(tmp_path):
   assert recorded["git"]["commit"] == head == result["git_commit"]
   assert isinstance(recorded["git"]["dirty"], bool)
   from attention_jax import data  # pylint: disable=g-import-not-at-top
-  dataset = data.registry.get_dataset("algorithmic/copy", data_dir=str(tmp_path / "data"))
+  dataset = data.registry.get_dataset("algorithmic/copy", data_dir=shared_data_dir)
   assert recorded["data"] == {"name": dataset.name, "sha256": provenance.data_hash(dataset)}
 
 
@@ -104,9 +104,9 @@ def _events(directory):
   return events
 
 
-def test_a_run_writes_tensorboard_hparams(tmp_path):
+def test_a_run_writes_tensorboard_hparams(tmp_path, shared_data_dir):
   from tensorboardX.proto import plugin_hparams_pb2  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=str(tmp_path / "data"), JAX_PLATFORMS="cpu")
+  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=shared_data_dir, JAX_PLATFORMS="cpu")
   workdir = tmp_path / "run"
   proc = subprocess.run(
       [sys.executable, "-m", "attention_jax.main", f"--config={G2P}:smoke",

@@ -20,6 +20,9 @@ from attention_jax.models.registry import build_model
 from attention_jax.train import checkpoint, history as history_lib, metrics as metrics_lib
 from attention_jax.train import optim, partition, setup
 
+# One xdist worker runs the whole module: its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("test_resume_faults")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "experiments", "g2p_attention.py") + ":smoke=True"
 COPY = ["--config.data.name=algorithmic/copy", "--config.evals.dev.examples=16",
@@ -85,8 +88,8 @@ def _snapshot(directory):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("data"))
+def data_dir(shared_data_dir):
+  return shared_data_dir
 
 
 @pytest.fixture(scope="module")

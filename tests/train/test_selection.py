@@ -53,8 +53,8 @@ def test_history_survives_a_resume(tmp_path):
   assert history(0) == ([], 0.0)
 
 
-def test_early_stop_and_test_split_use_the_best_step(tmp_path, monkeypatch):
-  monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", str(tmp_path / "data"))
+def test_early_stop_and_test_split_use_the_best_step(tmp_path, monkeypatch, shared_data_dir):
+  monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", shared_data_dir)
   # A zero learning rate: the first evaluation stays the best, so patience 2 stops at step 6.
   config = _config(test=True, early_stop_patience=2, select_by="loss")
   config.optim.learning_rate = 0.0
@@ -68,8 +68,8 @@ def test_early_stop_and_test_split_use_the_best_step(tmp_path, monkeypatch):
   assert result["test"]["sequence_accuracy"] == pytest.approx(accuracy)
 
 
-def test_unknown_test_split_is_a_config_error(tmp_path, monkeypatch):
-  monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", str(tmp_path / "data"))
+def test_unknown_test_split_is_a_config_error(tmp_path, monkeypatch, shared_data_dir):
+  monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", shared_data_dir)
   config = _config(test=True)
   config.evals.test.split = "tset"
   with pytest.raises(loop.ConfigError, match="evals.test.split='tset' is not a split"):
