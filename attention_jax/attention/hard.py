@@ -11,6 +11,13 @@ which is unbiased for any baseline b that does not depend on the sample;
 a good b (a moving average of R, or a learned predictor of it) lowers the
 variance. `reinforce_surrogate` is a loss whose gradient is minus that
 estimate, so minimising it ascends the expected reward.
+
+The straight-through Gumbel-softmax estimator (Jang et al. 2017) is the
+low-variance, biased alternative: the position is drawn by the Gumbel-max trick
+(argmax of log a + g, g ~ Gumbel(0, 1): an exact sample of Categorical(a)), the
+forward pass uses its one-hot as REINFORCE does, and the backward pass uses the
+gradient of the relaxed weights softmax((log a + g) / tau) in its place, so the
+scores learn through the context like soft attention's, with no reward.
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ from attention_jax.attention import masks
 
 Array = jax.Array
 
+ESTIMATORS = ("reinforce", "gumbel")
+
 
 class HardAttention(NamedTuple):
   context: Array  # [..., q_len, d_v]: the selected value (zeros on fully masked rows)
@@ -32,7 +41,8 @@ class HardAttention(NamedTuple):
 
 
 def hard_attend(rng: Array | None, scores: Array, values: Array,
-                mask: Array | None = None) -> HardAttention:
+                mask: Array | None = None, estimator: str = "reinforce",
+                temperature: float = 1.0) -> HardAttention:
   """Select one position per query: sampled from the weights, or the argmax.
 
   Args:
@@ -40,19 +50,29 @@ def hard_attend(rng: Array | None, scores: Array, values: Array,
     scores: `[..., q_len, kv_len]`, from any function in `scores.py`.
     values: `[..., kv_len, d_v]`.
     mask: bool, broadcastable to `scores`; True = attend.
+    estimator: 'reinforce' (the context has no gradient to the scores; they
+      learn through `log_prob` and the surrogate) or 'gumbel' (straight
+      through: the context's gradient reaches the scores through the relaxed
+      weights at `temperature`).
+    temperature: 'gumbel' only: tau of the relaxation (> 0).
 
   Returns:
-    A `HardAttention`. The context is differentiable with respect to the
-    values only; the scores learn through `log_prob` and the surrogate.
+    A `HardAttention`; the same sample for both estimators, given `rng`.
   """
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"hard attention estimator {estimator!r} is unknown; known: "
+                     f"{', '.join(ESTIMATORS)}")
   log_weights = masks.masked_log_softmax(scores, mask)  # [..., q_len, kv_len]
-  if rng is None:
-    index = jnp.argmax(log_weights, axis=-1)
-  else:
-    index = jax.random.categorical(rng, log_weights, axis=-1)
   live = jnp.isfinite(jnp.max(log_weights, axis=-1))  # some position may be attended
+  noisy = log_weights
+  if rng is not None:  # Gumbel-max: argmax of the perturbed log-weights ~ Categorical
+    noisy = log_weights + jax.random.gumbel(rng, log_weights.shape, log_weights.dtype)
+  index = jnp.argmax(noisy, axis=-1)
   one_hot = jax.nn.one_hot(index, scores.shape[-1], dtype=values.dtype)
   one_hot = one_hot * live[..., None].astype(values.dtype)
+  if estimator == "gumbel" and rng is not None:
+    relaxed = masks.masked_softmax(noisy / temperature, mask).astype(values.dtype)
+    one_hot = one_hot + relaxed - jax.lax.stop_gradient(relaxed)  # forward: the one-hot
   context = jnp.einsum("...qk,...kd->...qd", one_hot, values)
   picked = jnp.take_along_axis(log_weights, index[..., None], axis=-1)[..., 0]
   log_prob = jnp.where(live, picked, 0.0)

@@ -70,6 +70,8 @@ class Alignment(nn.Module):
   max_len: int = 64  # location score: columns of W, the longest source it can attend
   window: int = 2  # local-p half-width D (>= 1); sigma = D / 2
   temperature: float = 1.0  # cosine / pearson: scores lie in [-1/T, 1/T]
+  estimator: str = "reinforce"  # hard: 'reinforce' or 'gumbel' (see attention.hard)
+  gumbel_temperature: float = 1.0  # hard with 'gumbel': tau of the relaxed weights
   dtype: Any = jnp.float32  # compute dtype (the softmax is always float32)
   param_dtype: Any = jnp.float32  # parameter storage dtype
   # location_aware: the convolution F over the previous alignment. 10 filters, as in
@@ -197,7 +199,8 @@ class Alignment(nn.Module):
       context, weights = core.attend(logits, values_c, row_mask)
     elif self.kind == "hard":
       rng = None if deterministic else self.make_rng("sample")
-      out = hard.hard_attend(rng, logits, values_c, row_mask)
+      out = hard.hard_attend(rng, logits, values_c, row_mask, self.estimator,
+                             self.gumbel_temperature)
       context, weights, log_prob, index = out.context, out.weights, out.log_prob, out.index
     else:
       if self.window < 1:

@@ -8,7 +8,9 @@ attention='luong'     query s_t; h~_t = tanh(W_c [c_t; s_t]) is the output;
                       `input_feeding` feeds h~_{t-1} into the next input.
 attention='local'     as 'luong' with Luong's local-p alignment.
 attention='hard'      as 'luong' with one sampled (argmax when deterministic)
-                      position (Xu et al. 2015).
+                      position (Xu et al. 2015); `hard_estimator` trains its
+                      scores by REINFORCE (the task's surrogate) or by the
+                      straight-through Gumbel-softmax (Jang et al. 2017).
 
 Every kind takes any score function (`score`), a GRU or LSTM `cell`,
 `num_layers` stacked layers in the encoder and the decoder and a
@@ -38,8 +40,9 @@ Interface shared with the Transformer and the decode module:
 Sown (pass the collection in `mutable=[...]` to `apply` to get it back):
   'intermediates' / 'attention_weights'  float32 [B,T,S] from __call__, [B,S]
                        per decode_step: the heatmaps.
-  'reinforce' / 'log_prob'  attention='hard' only: float32 [B,T] (or [B])
-                       log-prob of each chosen position; sum it over real
+  'reinforce' / 'log_prob'  attention='hard' with hard_estimator='reinforce' only:
+                       float32 [B,T] (or [B]) log-prob of each chosen
+                       position; sum it over real
                        target steps and pass it to
                        `attention.hard.reinforce_surrogate` with a reward such
                        as -NLL of the sequence. A collection of its own, so a
@@ -56,7 +59,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attention_jax.attention import masks, scores
+from attention_jax.attention import hard, masks, scores
 from attention_jax.layers import alignment, recurrent
 from attention_jax.layers.common import dense
 
@@ -86,6 +89,8 @@ class RNNSeq2Seq(nn.Module):
   attention_dim: int | None = None  # additive score / local-p predictor size; None: hidden_dim
   input_feeding: bool = True  # luong, local, hard: feed h~_{t-1} into the cell input
   window: int = 2  # local: half-width D of the window (sigma = D / 2)
+  hard_estimator: str = "reinforce"  # hard: 'reinforce' (the task's surrogate) or 'gumbel'
+  gumbel_temperature: float = 1.0  # hard with 'gumbel': tau of the straight-through relaxation
   max_len: int = 64  # location score: the longest source it can attend
   temperature: float = 1.0  # cosine / pearson score temperature
   conv_filters: int = 10  # location_aware: filters of the convolution over the last alignment
@@ -98,6 +103,7 @@ class RNNSeq2Seq(nn.Module):
     _check("RNNSeq2Seq.attention", self.attention, ATTENTIONS)
     _check("RNNSeq2Seq.score", self.score, tuple(scores.SCORES))
     _check("RNNSeq2Seq.cell", self.cell, recurrent.CELLS)
+    _check("RNNSeq2Seq.hard_estimator", self.hard_estimator, hard.ESTIMATORS)
     super().__post_init__()
 
   # A recurrent decoder can run for any number of steps (max_len bounds the source).
@@ -135,7 +141,8 @@ class RNNSeq2Seq(nn.Module):
           score=self.score, kind=_ALIGNMENT_KIND[self.attention],
           attention_dim=self.attention_dim, max_len=self.max_len, window=self.window,
           temperature=self.temperature, dtype=self.dtype, param_dtype=self.param_dtype,
-          conv_filters=self.conv_filters, conv_width=self.conv_width)
+          conv_filters=self.conv_filters, conv_width=self.conv_width,
+          estimator=self.hard_estimator, gumbel_temperature=self.gumbel_temperature)
       self.combine = dense(self.hidden_dim, ("memory", "hidden"), name="combine", use_bias=False,
                            **kw)
     self.readout = dense(self.vocab_size, ("hidden", "vocab"), name="readout", **kw)
@@ -227,7 +234,8 @@ class RNNSeq2Seq(nn.Module):
   def _sow(self, weights: Array | None, log_prob: Array | None) -> None:
     if weights is not None:
       self.sow("intermediates", "attention_weights", weights)
-    if log_prob is not None and not self.is_initializing():  # init keeps no 'reinforce'
+    # init keeps no 'reinforce'; the straight-through estimator needs no surrogate
+    if log_prob is not None and not self.is_initializing() and self.hard_estimator == "reinforce":
       self.sow("reinforce", "log_prob", log_prob)
 
   def decode_step(self, state, tokens: Array, *, deterministic: bool = True):

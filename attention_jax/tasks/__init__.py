@@ -44,11 +44,12 @@ def build_task(config, dataset, vocab_size: int | None = None) -> Task:
   if config.task.name == "speech":
     return _speech_task(config, dataset, build_model(model_config), smoothing)
   if config.task.name == "image2seq":
-    keys = ("doubly_stochastic", "entropy_bonus", "sort_window")
+    keys = ("doubly_stochastic", "entropy_bonus", "sort_window", "reinforce_credit")
     given = {k: config.task[k] for k in keys if k in config.task}
     return ImageTask(build_model(model_config), dataset, label_smoothing=smoothing, **given)
   model_config["src_vocab_size"] = vocab_size or dataset.input_vocab.size
-  return Seq2SeqTask(build_model(model_config), dataset, label_smoothing=smoothing)
+  given = {k: config.task[k] for k in ("reinforce_credit",) if k in config.task}
+  return Seq2SeqTask(build_model(model_config), dataset, label_smoothing=smoothing, **given)
 
 
 def _speech_task(config, dataset, model, smoothing: float) -> SpeechTask:

@@ -62,8 +62,9 @@ class ImageTask(Seq2SeqTask):
 
   def __init__(self, model, dataset, *, label_smoothing: float = 0.0,
                doubly_stochastic: float = 0.0, entropy_bonus: float = 0.0,
-               sort_window: int = 0):
-    super().__init__(model, dataset, label_smoothing=label_smoothing)
+               sort_window: int = 0, reinforce_credit: str = "sequence"):
+    super().__init__(model, dataset, label_smoothing=label_smoothing,
+                     reinforce_credit=reinforce_credit)
     self.sort_window = sort_window  # train batches per width-sorted window (0: none)
     self.rnn = isinstance(model, ImageRNN) and model.attention != "none"
     self.sentinel = getattr(model, "sentinel", False)
@@ -117,7 +118,7 @@ class ImageTask(Seq2SeqTask):
     tokens = jnp.maximum(sums["tokens"], 1.0)
     if "log_prob" in sown.get("reinforce", {}):
       loss = loss + reinforce_loss(sown["reinforce"]["log_prob"][0], nll, mask,
-                                   batch["weights"], tokens)
+                                   batch["weights"], tokens, self.reinforce_credit)
     inter = sown.get("intermediates", {})
     if "attention_weights" in inter:
       extra = self._regularisers(inter["attention_weights"][0], batch, mask)

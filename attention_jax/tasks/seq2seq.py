@@ -3,9 +3,11 @@
 Batches are the `data.pipeline` dicts: `inputs [B,S]`, `input_lengths [B]`,
 `decoder_inputs [B,T]` (BOS-shifted), `targets [B,T]`, `target_lengths [B]`,
 `weights [B]` (0 on padding rows), `index [B]` (record, -1 on padding rows).
-With hard attention (Xu et al. 2015) the loss adds the REINFORCE surrogate of
-`attention.hard`: reward = -NLL of each sequence, baseline = the mean reward
-of the other sequences of the batch (leave-one-out: unbiased).
+With hard attention (Xu et al. 2015) trained by REINFORCE, the loss adds the
+surrogate of `attention.hard`: reward = -NLL of each sequence (or, with
+`reinforce_credit='step'`, of the tokens from each step on), baseline = the mean
+reward of the other sequences of the batch (leave-one-out: unbiased). The
+straight-through estimator (`model.hard_estimator='gumbel'`) needs no surrogate.
 """
 from __future__ import annotations
 
@@ -27,13 +29,33 @@ from attention_jax.viz import heatmaps
 Array = jax.Array
 
 
-def reinforce_loss(log_prob: Array, nll: Array, mask: Array, rows: Array, tokens: Array) -> Array:
-  """The REINFORCE surrogate per target token: `log_prob`, `nll`, `mask` `[B, T]`, `rows [B]`."""
-  reward = -jnp.sum(nll * mask, axis=1)  # [B]
-  n = jnp.maximum(jnp.sum(rows), 2.0)
-  baseline = (jnp.sum(reward * rows) - reward) / (n - 1.0)  # leave-one-out mean
-  surrogate = hard.reinforce_surrogate(jnp.sum(log_prob * mask, axis=1), reward, baseline)
-  return jnp.sum(surrogate * rows) / tokens
+CREDITS = ("sequence", "step")
+
+
+def _leave_one_out(reward: Array, valid: Array) -> Array:
+  """Each row's baseline: the mean reward of the other valid rows (per column if 2-D)."""
+  n = jnp.maximum(jnp.sum(valid, axis=0), 2.0)
+  return (jnp.sum(reward * valid, axis=0) - reward) / (n - 1.0)
+
+
+def reinforce_loss(log_prob: Array, nll: Array, mask: Array, rows: Array, tokens: Array,
+                   credit: str = "sequence") -> Array:
+  """The REINFORCE surrogate per target token: `log_prob`, `nll`, `mask` `[B, T]`, `rows [B]`.
+
+  credit 'sequence': every choice of a row is rewarded by the row's log-likelihood.
+  credit 'step': the choice at step t by the log-likelihood of tokens t, t+1, ... (those
+  it can still affect; earlier ones add only variance), with a per-step baseline.
+  Both baselines are leave-one-out means over the batch's other rows.
+  """
+  if credit == "sequence":
+    reward = -jnp.sum(nll * mask, axis=1)  # [B]
+    baseline = _leave_one_out(reward, rows)
+    surrogate = hard.reinforce_surrogate(jnp.sum(log_prob * mask, axis=1), reward, baseline)
+    return jnp.sum(surrogate * rows) / tokens
+  valid = mask * rows[:, None]  # [B, T]
+  to_go = -jnp.flip(jnp.cumsum(jnp.flip(nll * mask, 1), axis=1), 1)  # [B, T]
+  surrogate = hard.reinforce_surrogate(log_prob, to_go, _leave_one_out(to_go, valid))
+  return jnp.sum(surrogate * valid) / tokens
 
 
 @functools.partial(jax.jit, static_argnames=("model", "method", "beam_size", "alpha", "max_len"))
@@ -78,10 +100,15 @@ class Seq2SeqTask(base.Task):
   name = "seq2seq"
   decodes = ("greedy", "beam")
 
-  def __init__(self, model, dataset, *, label_smoothing: float = 0.0):
+  def __init__(self, model, dataset, *, label_smoothing: float = 0.0,
+               reinforce_credit: str = "sequence"):
     self.model, self.dataset = model, dataset
     self.label_smoothing = label_smoothing
     self.hard = getattr(model, "attention", None) == "hard"
+    if reinforce_credit not in CREDITS:
+      raise ValueError(f"task.reinforce_credit={reinforce_credit!r} is unknown; known: "
+                       f"{', '.join(CREDITS)}")
+    self.reinforce_credit = reinforce_credit
 
   def example_batch(self, batch_size: int, length: int = 8) -> dict[str, np.ndarray]:
     ids = np.full((batch_size, length), 4, np.int32)
@@ -110,7 +137,8 @@ class Seq2SeqTask(base.Task):
     loss, sums, (nll, mask) = base.token_losses(logits, batch, self.label_smoothing)
     if "log_prob" in sown.get("reinforce", {}):
       loss = loss + reinforce_loss(sown["reinforce"]["log_prob"][0], nll, mask,
-                                   batch["weights"], jnp.maximum(sums["tokens"], 1.0))
+                                   batch["weights"], jnp.maximum(sums["tokens"], 1.0),
+                                   self.reinforce_credit)
     return loss, (base.means(sums) if train else sums)
 
   def batches(self, split, *, batch_size, seed=0, train=False, indices=None):

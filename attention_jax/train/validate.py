@@ -79,6 +79,7 @@ RANGES = (
     ("task.sort_window", 0, INF, "[)"), ("task.doubly_stochastic", 0, INF, "[)"),
     ("task.entropy_bonus", 0, INF, "[)"), ("model.expected_context_prob", 0, 1, "[]"),
     ("model.grid_blocks", 0, INF, "[)"), ("model.image_height", 1, INF, "[)"),
+    ("model.gumbel_temperature", 0, INF, "()"),
 )
 # Model fields that are sizes or counts (>= 1 when set) and rates in [0, 1), by name.
 SIZE_SUFFIXES = ("_dim", "_layers", "_heads", "d_model", "d_ff", "max_len", "window",

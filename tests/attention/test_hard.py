@@ -107,3 +107,44 @@ def test_baselines_track_the_reward():
   np.testing.assert_allclose(b, 3.0, rtol=1e-5)
   grad = jax.grad(lambda b: hard.baseline_loss(jnp.float32(3.0), b))(jnp.float32(1.0))
   np.testing.assert_allclose(grad, -4.0)
+
+
+def test_gumbel_estimator_draws_the_same_sample_and_differentiates_the_relaxation():
+  """Forward: the REINFORCE sample's one-hot context. Backward to the scores: the gradient
+  of softmax((theta + g) / tau) . (V c), worked out here from the softmax Jacobian."""
+  rng, tau = jax.random.key(4), 0.5
+  values = np.random.default_rng(3).normal(size=(4, 3))
+  c = np.array([0.5, -1.0, 2.0])
+  plain = hard.hard_attend(rng, jnp.float32(SCORES[None]), jnp.float32(values))
+  f = lambda theta, v: jnp.sum(
+      hard.hard_attend(rng, theta[None], v, estimator="gumbel", temperature=tau).context[0] * c)
+  out = hard.hard_attend(rng, jnp.float32(SCORES[None]), jnp.float32(values),
+                         estimator="gumbel", temperature=tau)
+  assert int(out.index[0]) == int(plain.index[0])
+  np.testing.assert_allclose(out.context, plain.context, rtol=1e-6, atol=1e-7)
+  g = np.asarray(jax.random.gumbel(rng, (1, 4), jnp.float32))[0]
+  y = np.exp((SCORES + g) / tau - ((SCORES + g) / tau).max())
+  y /= y.sum()
+  jacobian = (np.diag(y) - np.outer(y, y)) / tau  # dy / d theta
+  d_theta, d_values = jax.grad(f, argnums=(0, 1))(jnp.float32(SCORES), jnp.float32(values))
+  np.testing.assert_allclose(d_theta, jacobian.T @ (values @ c), rtol=1e-4, atol=1e-6)
+  want = np.zeros((4, 3))
+  want[int(plain.index[0])] = c  # the values see the one-hot, as with REINFORCE
+  np.testing.assert_allclose(d_values, want, atol=1e-6)
+
+
+def test_gumbel_estimator_keeps_masked_positions_out():
+  mask = jnp.array([[True, False, False, True]])
+  theta = jnp.float32(SCORES)
+  grad = jax.grad(lambda t: jnp.sum(hard.hard_attend(
+      jax.random.key(0), t[None], jnp.eye(4), mask, estimator="gumbel").context))(theta)
+  assert grad[1] == grad[2] == 0.0 and np.any(np.asarray(grad) != 0)
+  keys = jax.random.split(jax.random.key(5), 2000)
+  index = jax.vmap(lambda r: hard.hard_attend(r, theta[None], jnp.eye(4), mask,
+                                              estimator="gumbel").index[0])(keys)
+  assert set(np.unique(np.asarray(index))) == {0, 3}
+
+
+def test_unknown_estimator_is_named():
+  with pytest.raises(ValueError, match="estimator 'vimco' is unknown; known: reinforce, gumbel"):
+    hard.hard_attend(None, jnp.float32(SCORES[None]), jnp.eye(4), estimator="vimco")
