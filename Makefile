@@ -13,7 +13,7 @@ SWEEP_ROOT ?= runs/g2p_small
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,peers]'
 	touch $(STAMP)
 
 # Newest versions within pyproject.toml's ranges, resolved in a scratch venv, written to
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 constraints:
 	rm -rf .venv-refresh && $(PYTHON) -m venv .venv-refresh
 	.venv-refresh/bin/python -m pip install --quiet --upgrade pip
-	.venv-refresh/bin/python -m pip install --quiet -e '.[dev]'
+	.venv-refresh/bin/python -m pip install --quiet -e '.[dev,peers]'
 	{ head -n 2 constraints.txt; .venv-refresh/bin/python -m pip freeze --exclude-editable \
 	  | grep -v '^# Editable'; } \
 	  > constraints.txt.new && mv constraints.txt.new constraints.txt

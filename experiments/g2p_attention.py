@@ -4,9 +4,12 @@ r"""Grapheme-to-phoneme on CMUdict with an attention RNN encoder-decoder (the de
     python -m attention_jax.main --config=experiments/g2p_attention.py:attention=bahdanau,score=additive \
         --workdir=runs/g2p_bahdanau --config.train.steps=5000
     python -m attention_jax.main --config=experiments/g2p_attention.py:smoke=True --workdir=/tmp/smoke
+    python -m attention_jax.main --config=experiments/g2p_attention.py:standard=True,test=True \
+        --workdir=runs/g2p_standard
 
-Arguments (after the colon): attention, score, cell, stress, steps, test (at the end, score
-the best dev step on the test split), smoke.
+Arguments (after the colon): attention, score, cell, stress, standard (the published
+g014b2b split, `cmudict_g2p/standard`, which has no stress: `stress` is then moot), steps,
+test (at the end, score the best dev step on the test split), smoke.
 
 Sweeps (`python -m launch.sweep --config=experiments/g2p_attention.py --sweep=NAME`):
 `sweep`, every attention kind and score; `small`, the 2-core ablation of `make sweep`;
@@ -17,8 +20,8 @@ dropout, width and score.
 """
 from attention_jax import experiment
 
-DEFAULTS = dict(attention="luong", score="general", cell="lstm", stress=True, steps=3000,
-                test=False, smoke=False)
+DEFAULTS = dict(attention="luong", score="general", cell="lstm", stress=True, standard=False,
+                steps=3000, test=False, smoke=False)
 
 # Published numbers `launch.report` prints beside ours (percent). They are on other splits
 # (the 2007 CMUdict split of Bisani & Ney, or another random split), 39 phonemes without
@@ -44,7 +47,9 @@ REFERENCES = [
 def get_config(arg=None):
   args = experiment.parse_arg(arg, DEFAULTS)
   c = experiment.base_config()
-  c.data.name = "cmudict_g2p/" + ("stress" if args["stress"] else "no_stress")
+  # standard: the published g014b2b split, which has no stress digits.
+  c.data.name = "cmudict_g2p/" + ("standard" if args["standard"] else
+                                  "stress" if args["stress"] else "no_stress")
   c.model.update(dict(
       attention=args["attention"], score=args["score"], cell=args["cell"], bidirectional=True,
       src_embed_dim=64, tgt_embed_dim=64, hidden_dim=128, dropout_rate=0.1, max_len=48))

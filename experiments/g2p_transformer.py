@@ -6,7 +6,8 @@ r"""Grapheme-to-phoneme on CMUdict with a Transformer encoder-decoder (Vaswani e
     python -m attention_jax.main --config=experiments/g2p_transformer.py:smoke=True --workdir=/tmp/smoke
 
 Arguments (after the colon): heads, head_dim (0: d_model / heads), dropout,
-label_smoothing, positions, pre_ln, weighted, stress, steps, test, smoke.
+label_smoothing, positions, pre_ln, weighted, stress, standard (the published g014b2b split,
+`cmudict_g2p/standard`, no stress), steps, test, smoke.
 
 Sweeps (`python -m launch.sweep --config=experiments/g2p_transformer.py --sweep=NAME`):
 `sweep`, the Table 3 rows; `converged`, the default model without stress, trained until dev
@@ -15,13 +16,16 @@ WER stops improving.
 from attention_jax import experiment
 
 DEFAULTS = dict(heads=4, head_dim=0, dropout=0.1, label_smoothing=0.1, positions="sinusoidal",
-                pre_ln=True, weighted=False, stress=True, steps=3000, test=False, smoke=False)
+                pre_ln=True, weighted=False, stress=True, standard=False, steps=3000, test=False,
+                smoke=False)
 
 
 def get_config(arg=None):
   args = experiment.parse_arg(arg, DEFAULTS)
   c = experiment.base_config()
-  c.data.name = "cmudict_g2p/" + ("stress" if args["stress"] else "no_stress")
+  # standard: the published g014b2b split, which has no stress digits.
+  c.data.name = "cmudict_g2p/" + ("standard" if args["standard"] else
+                                  "stress" if args["stress"] else "no_stress")
   c.model.update(dict(
       name="transformer", d_model=128, num_heads=args["heads"], d_ff=512, num_layers=3,
       dropout_rate=args["dropout"], positions=args["positions"], pre_ln=args["pre_ln"],

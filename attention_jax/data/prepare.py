@@ -1,6 +1,6 @@
 """Builds data sets offline: `python -m attention_jax.data.prepare NAME [NAME...]`.
 
-  python -m attention_jax.data.prepare cmudict_g2p            # both configs
+  python -m attention_jax.data.prepare cmudict_g2p            # every config
   python -m attention_jax.data.prepare cmudict_g2p/no_stress algorithmic
   python -m attention_jax.data.prepare freedict_deu_eng --manual_dir /usr/share/dictd
   python -m attention_jax.data.prepare spoken_digits --manual_dir DIR   # FSDD's recordings/

@@ -2,7 +2,8 @@
 
 Names are `name` or `name/config`, as in TFDS:
 
-  cmudict_g2p[/stress|/no_stress]        CMUdict G2P, split by word (default: stress)
+  cmudict_g2p[/stress|/no_stress|/standard]  CMUdict G2P, split by word (default: stress;
+                                         standard: the published g014b2b split, no stress)
   algorithmic[/copy|/reverse|/sort|/addition]   length generalisation (default: copy)
   freedict_deu_eng                       FreeDict German -> English examples (manual_dir)
   wmt14[/de-en]                          TFDS's wmt14_translate, prepared by the user
@@ -65,7 +66,7 @@ class Spec:
 
 
 DATASETS = {
-    "cmudict_g2p": Spec(CmudictG2p, "cmudict_g2p", ("stress", "no_stress")),
+    "cmudict_g2p": Spec(CmudictG2p, "cmudict_g2p", ("stress", "no_stress", "standard")),
     "algorithmic": Spec(Algorithmic, "algorithmic", ("copy", "reverse", "sort", "addition")),
     "freedict_deu_eng": Spec(FreedictDeuEng, "freedict_deu_eng", ("",)),
     "wmt14": Spec(

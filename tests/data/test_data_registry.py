@@ -10,7 +10,8 @@ from attention_jax.data.vocab import SymbolVocabulary
 
 
 def test_unknown_names_list_the_known_ones():
-  with pytest.raises(DataError, match=r"Unknown data set 'cmu'; known: cmudict_g2p/\{stress,no_stress\}, "
+  with pytest.raises(DataError, match=r"Unknown data set 'cmu'; known: "
+                     r"cmudict_g2p/\{stress,no_stress,standard\}, "
                      r"algorithmic/\{copy,reverse,sort,addition\}, freedict_deu_eng, wmt14"):
     data.get_dataset("cmu")
   with pytest.raises(DataError, match="Unknown config 'mul' of data set 'algorithmic'; known: copy"):
@@ -33,7 +34,8 @@ def test_data_dir_precedence(monkeypatch, tmp_path):
 def test_prepare_command_and_env_data_dir(monkeypatch, tmp_path, capsys):
   monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path))
   assert prepare.expand(["cmudict_g2p", "algorithmic/sort", "freedict_deu_eng"]) == [
-      "cmudict_g2p/stress", "cmudict_g2p/no_stress", "algorithmic/sort", "freedict_deu_eng"]
+      "cmudict_g2p/stress", "cmudict_g2p/no_stress", "cmudict_g2p/standard", "algorithmic/sort",
+      "freedict_deu_eng"]
   assert prepare.main(["algorithmic/sort"]) == 0
   out = capsys.readouterr().out
   assert "algorithmic/sort: train 20,000, dev 1,000, test 1,000 records" in out
