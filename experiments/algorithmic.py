@@ -12,13 +12,14 @@ Model selection uses dev sequence accuracy; the best dev step is scored on test.
 
 Arguments (after the colon): task, attention, score, steps, smoke, and for hard attention
 estimator (reinforce: the REINFORCE surrogate; gumbel: straight-through Gumbel-softmax at
-temperature tau) and credit (REINFORCE's reward per choice: the whole sequence's
-log-likelihood, or from its step on).
+temperature tau), credit (REINFORCE's reward per choice: the whole sequence's
+log-likelihood, or from its step on) and xu (Xu et al.'s recipe: entropy bonus 0.002, and
+half the minibatches trained on the expected context).
 """
 from attention_jax import experiment
 
 DEFAULTS = dict(task="copy", attention="luong", score="dot", steps=3000, smoke=False,
-                estimator="reinforce", credit="sequence", tau=1.0)
+                estimator="reinforce", credit="sequence", tau=1.0, xu=False)
 
 
 def get_config(arg=None):
@@ -28,8 +29,9 @@ def get_config(arg=None):
   c.model.update(dict(
       attention=args["attention"], score=args["score"], cell="gru", bidirectional=True,
       src_embed_dim=32, tgt_embed_dim=32, hidden_dim=128, dropout_rate=0.0, max_len=48,
-      hard_estimator=args["estimator"], gumbel_temperature=args["tau"]))
-  c.task.reinforce_credit = args["credit"]
+      hard_estimator=args["estimator"], gumbel_temperature=args["tau"],
+      expected_context_prob=0.5 if args["xu"] else 0.0))
+  c.task.update(reinforce_credit=args["credit"], entropy_bonus=0.002 if args["xu"] else 0.0)
   c.train.update(steps=args["steps"], select_by="sequence_accuracy")
   # dev and test have 1,000 sequences each: decode them all.
   c.evals.dev.update(every=500, examples=0, metrics="sequence_accuracy,token_error_rate")
@@ -54,3 +56,4 @@ def hard_estimators(add):
     for estimator, credit in (("reinforce", "sequence"), ("reinforce", "step"),
                               ("gumbel", "sequence")):
       add(task=task, attention="hard", score="dot", estimator=estimator, credit=credit)
+    add(task=task, attention="hard", score="dot", credit="step", xu=True)

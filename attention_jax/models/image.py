@@ -132,7 +132,6 @@ class ImageRNN(_ImageEncoding, RNNSeq2Seq):
   channels: Sequence[int] = (32, 64, 64)  # per CNN stage; each halves width and height
   context_gate: bool = False  # Xu et al.'s beta_t on 'bahdanau' and 'hard' contexts
   sentinel: bool = False  # Lu et al.'s visual sentinel ('luong', LSTM)
-  expected_context_prob: float = 0.0  # 'hard': minibatches trained on the expected context
 
   def __post_init__(self):
     if self.sentinel and (self.attention != "luong" or self.cell != "lstm"):
@@ -178,22 +177,7 @@ class ImageRNN(_ImageEncoding, RNNSeq2Seq):
     return {"memory": memory, "final": tuple(carry for _ in range(self.num_layers))}
 
   def init_decode_state(self, encoded, input_lengths: Array):
-    state = super().init_decode_state(encoded, self.grid_lengths(input_lengths))
-    if self.attention == "hard":  # decoding samples; teacher_forced may draw it True
-      state["expected"] = jnp.zeros((input_lengths.shape[0],), bool)
-    return state
-
-  def teacher_forced(self, state, targets_in: Array, deterministic: bool) -> Array:
-    if self.attention == "hard":
-      state = dict(state, expected=self._expected_flag(targets_in.shape[0], deterministic))
-    return super().teacher_forced(state, targets_in, deterministic)
-
-  def _expected_flag(self, batch: int, deterministic: bool) -> Array:
-    """bool `[B]`, one draw for the minibatch: train it on the expected context."""
-    if deterministic or self.expected_context_prob <= 0:
-      return jnp.zeros((batch,), bool)
-    draw = jax.random.bernoulli(self.make_rng("sample"), self.expected_context_prob)
-    return jnp.broadcast_to(draw, (batch,))
+    return super().init_decode_state(encoded, self.grid_lengths(input_lengths))
 
   def _step(self, state, x_proj: Array, deterministic: bool):
     if self.sentinel:
@@ -204,10 +188,7 @@ class ImageRNN(_ImageEncoding, RNNSeq2Seq):
     out = self._attend(h_prev, state, deterministic)
     context, log_prob = out.context, out.log_prob
     if self.attention == "hard":
-      expected = state["expected"]
-      soft = jnp.einsum("bs,bsd->bd", out.weights.astype(context.dtype), state["memory"])
-      context = jnp.where(expected[:, None], soft, context)
-      log_prob = jnp.where(expected, 0.0, log_prob)
+      context, log_prob = self._hard_context(out, state)
     if self.context_gate:
       context = context * jax.nn.sigmoid(self.gate(h_prev))
     carry, s = self.decoder(state["carry"], x_proj, context, deterministic=deterministic)

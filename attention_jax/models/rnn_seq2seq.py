@@ -10,7 +10,10 @@ attention='local'     as 'luong' with Luong's local-p alignment.
 attention='hard'      as 'luong' with one sampled (argmax when deterministic)
                       position (Xu et al. 2015); `hard_estimator` trains its
                       scores by REINFORCE (the task's surrogate) or by the
-                      straight-through Gumbel-softmax (Jang et al. 2017).
+                      straight-through Gumbel-softmax (Jang et al. 2017);
+                      with `expected_context_prob` p a training minibatch
+                      uses the expected context instead of the sample with
+                      probability p (Xu et al.'s 0.5), its log-probs then 0.
 
 Every kind takes any score function (`score`), a GRU or LSTM `cell`,
 `num_layers` stacked layers in the encoder and the decoder and a
@@ -91,6 +94,7 @@ class RNNSeq2Seq(nn.Module):
   window: int = 2  # local: half-width D of the window (sigma = D / 2)
   hard_estimator: str = "reinforce"  # hard: 'reinforce' (the task's surrogate) or 'gumbel'
   gumbel_temperature: float = 1.0  # hard with 'gumbel': tau of the straight-through relaxation
+  expected_context_prob: float = 0.0  # hard: minibatches trained on the expected context
   max_len: int = 64  # location score: the longest source it can attend
   temperature: float = 1.0  # cosine / pearson score temperature
   conv_filters: int = 10  # location_aware: filters of the convolution over the last alignment
@@ -178,7 +182,25 @@ class RNNSeq2Seq(nn.Module):
         state["previous_alignment"] = real / jnp.maximum(jnp.sum(real, -1, keepdims=True), 1.0)
     if self._feeds:
       state["feed"] = jnp.zeros((memory.shape[0], self.hidden_dim), self.dtype)
+    if self.attention == "hard":  # decoding samples; teacher_forced may draw it True
+      state["expected"] = jnp.zeros((input_lengths.shape[0],), bool)
     return state
+
+  def _expected_flag(self, batch: int, deterministic: bool) -> Array:
+    """bool `[B]`, one draw for the minibatch: train it on the expected context (Xu et
+    al.'s recipe for hard attention, with probability `expected_context_prob`)."""
+    if deterministic or self.expected_context_prob <= 0:
+      return jnp.zeros((batch,), bool)
+    draw = jax.random.bernoulli(self.make_rng("sample"), self.expected_context_prob)
+    return jnp.broadcast_to(draw, (batch,))
+
+  def _hard_context(self, out: alignment.AlignmentOutput, state) -> tuple[Array, Array]:
+    """Hard attention's (context, log_prob), or the expected context and log-prob 0 (no
+    REINFORCE term) for rows whose state says 'expected'."""
+    soft = jnp.einsum("bs,bsd->bd", out.weights.astype(out.context.dtype), state["memory"])
+    expected = state["expected"]
+    return (jnp.where(expected[:, None], soft, out.context),
+            jnp.where(expected, 0.0, out.log_prob))
 
   @property
   def _location_aware(self) -> bool:
@@ -217,6 +239,8 @@ class RNNSeq2Seq(nn.Module):
       features = s
       if self.attention != "none":
         out = self._attend(s, state, deterministic)
+        if self.attention == "hard":
+          out = out._replace(**dict(zip(("context", "log_prob"), self._hard_context(out, state))))
         features = jnp.tanh(self.combine(jnp.concatenate([out.context, s], axis=-1)))
     state = {**state, "carry": carry}
     if self._location_aware:
@@ -254,6 +278,8 @@ class RNNSeq2Seq(nn.Module):
 
   def teacher_forced(self, state, targets_in: Array, deterministic: bool) -> Array:
     """Logits float32 `[B, T, vocab]` of every step from the decode state `state`."""
+    if self.attention == "hard":
+      state = dict(state, expected=self._expected_flag(targets_in.shape[0], deterministic))
     x_proj = self._embed_targets(targets_in, deterministic)  # [batch, tgt_len, gates * hidden]
     body = lambda model, state, x_t: model._step(state, x_t, deterministic)
     _, (features, weights, log_prob) = recurrent.scan_time(body, self, state, x_proj)

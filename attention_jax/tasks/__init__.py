@@ -48,7 +48,7 @@ def build_task(config, dataset, vocab_size: int | None = None) -> Task:
     given = {k: config.task[k] for k in keys if k in config.task}
     return ImageTask(build_model(model_config), dataset, label_smoothing=smoothing, **given)
   model_config["src_vocab_size"] = vocab_size or dataset.input_vocab.size
-  given = {k: config.task[k] for k in ("reinforce_credit",) if k in config.task}
+  given = {k: config.task[k] for k in ("reinforce_credit", "entropy_bonus") if k in config.task}
   return Seq2SeqTask(build_model(model_config), dataset, label_smoothing=smoothing, **given)
 
 

@@ -35,7 +35,7 @@ from attention_jax.data.vocab import EOS_ID
 from attention_jax.evaluate import metrics as metrics_lib
 from attention_jax.models.image import ImageRNN
 from attention_jax.tasks import base
-from attention_jax.tasks.seq2seq import Seq2SeqTask, _tokens, reinforce_loss
+from attention_jax.tasks.seq2seq import Seq2SeqTask, _tokens, entropy, reinforce_loss
 from attention_jax.viz import images as image_viz
 
 Array = jax.Array
@@ -48,13 +48,6 @@ def doubly_stochastic(weights: Array, steps: Array, grid: Array) -> Array:
   return jnp.sum(jnp.square(1.0 - attended) * grid, axis=-1)
 
 
-def entropy(weights: Array) -> Array:
-  """float32 `[..., T]`: -sum_i alpha_i log alpha_i (0 log 0 = 0)."""
-  weights = weights.astype(jnp.float32)
-  logs = jnp.log(jnp.where(weights > 0, weights, 1.0))
-  return -jnp.sum(weights * logs, axis=-1)
-
-
 class ImageTask(Seq2SeqTask):
   """`ImageRNN` / `ImageTransformer` on an image data set (digit_strings, digit_scenes)."""
 
@@ -64,17 +57,14 @@ class ImageTask(Seq2SeqTask):
                doubly_stochastic: float = 0.0, entropy_bonus: float = 0.0,
                sort_window: int = 0, reinforce_credit: str = "sequence"):
     super().__init__(model, dataset, label_smoothing=label_smoothing,
-                     reinforce_credit=reinforce_credit)
+                     reinforce_credit=reinforce_credit, entropy_bonus=entropy_bonus)
     self.sort_window = sort_window  # train batches per width-sorted window (0: none)
     self.rnn = isinstance(model, ImageRNN) and model.attention != "none"
     self.sentinel = getattr(model, "sentinel", False)
     self.doubly_stochastic = float(doubly_stochastic)
-    self.entropy_bonus = float(entropy_bonus)
     if self.doubly_stochastic and not self.rnn:
       raise ValueError("task.doubly_stochastic regularises an attention RNN's weights; "
                        "model.name='image_rnn' with model.attention other than 'none' has them")
-    if self.entropy_bonus and not self.hard:
-      raise ValueError("task.entropy_bonus is for model.attention='hard' (Xu et al.'s recipe)")
     vocab = dataset.target_vocab if dataset is not None else None
     self._digits = np.array([i > EOS_ID and vocab.decode([i]).isdigit()
                              for i in range(vocab.size if vocab else 0)], bool)

@@ -6,8 +6,9 @@ Batches are the `data.pipeline` dicts: `inputs [B,S]`, `input_lengths [B]`,
 With hard attention (Xu et al. 2015) trained by REINFORCE, the loss adds the
 surrogate of `attention.hard`: reward = -NLL of each sequence (or, with
 `reinforce_credit='step'`, of the tokens from each step on), baseline = the mean
-reward of the other sequences of the batch (leave-one-out: unbiased). The
-straight-through estimator (`model.hard_estimator='gumbel'`) needs no surrogate.
+reward of the other sequences of the batch (leave-one-out: unbiased), minus
+`entropy_bonus` times the attention's mean entropy per token (Xu et al.'s lambda_e).
+The straight-through estimator (`model.hard_estimator='gumbel'`) needs no surrogate.
 """
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ Array = jax.Array
 
 
 CREDITS = ("sequence", "step")
+
+
+def entropy(weights: Array) -> Array:
+  """float32 `[..., T]`: -sum_i alpha_i log alpha_i (0 log 0 = 0)."""
+  weights = weights.astype(jnp.float32)
+  logs = jnp.log(jnp.where(weights > 0, weights, 1.0))
+  return -jnp.sum(weights * logs, axis=-1)
 
 
 def _leave_one_out(reward: Array, valid: Array) -> Array:
@@ -101,7 +109,7 @@ class Seq2SeqTask(base.Task):
   decodes = ("greedy", "beam")
 
   def __init__(self, model, dataset, *, label_smoothing: float = 0.0,
-               reinforce_credit: str = "sequence"):
+               reinforce_credit: str = "sequence", entropy_bonus: float = 0.0):
     self.model, self.dataset = model, dataset
     self.label_smoothing = label_smoothing
     self.hard = getattr(model, "attention", None) == "hard"
@@ -109,6 +117,9 @@ class Seq2SeqTask(base.Task):
       raise ValueError(f"task.reinforce_credit={reinforce_credit!r} is unknown; known: "
                        f"{', '.join(CREDITS)}")
     self.reinforce_credit = reinforce_credit
+    self.entropy_bonus = float(entropy_bonus)
+    if self.entropy_bonus and not self.hard:
+      raise ValueError("task.entropy_bonus is for model.attention='hard' (Xu et al.'s recipe)")
 
   def example_batch(self, batch_size: int, length: int = 8) -> dict[str, np.ndarray]:
     ids = np.full((batch_size, length), 4, np.int32)
@@ -129,17 +140,25 @@ class Seq2SeqTask(base.Task):
     rngs = None
     if rng is not None:
       rngs = {"dropout": jax.random.fold_in(rng, 0), "sample": jax.random.fold_in(rng, 1)}
-    # Only REINFORCE's log-probs: asking for 'intermediates' would make every attention
-    # layer compute its weights explicitly, in the hot path.
-    out = self.apply(params, batch, rngs=rngs, train=train,
-                     mutable=("reinforce",) if self.hard and train else ())
-    logits, sown = out if self.hard and train else (out, {})
+    mutable = self._mutable(train)
+    out = self.apply(params, batch, rngs=rngs, train=train, mutable=mutable)
+    logits, sown = out if mutable else (out, {})
     loss, sums, (nll, mask) = base.token_losses(logits, batch, self.label_smoothing)
+    tokens = jnp.maximum(sums["tokens"], 1.0)
     if "log_prob" in sown.get("reinforce", {}):
       loss = loss + reinforce_loss(sown["reinforce"]["log_prob"][0], nll, mask,
-                                   batch["weights"], jnp.maximum(sums["tokens"], 1.0),
-                                   self.reinforce_credit)
+                                   batch["weights"], tokens, self.reinforce_credit)
+    if "intermediates" in sown:  # Xu et al.'s entropy bonus on the weights sampled from
+      weights = sown["intermediates"]["attention_weights"][0]
+      loss = loss - self.entropy_bonus * jnp.sum(entropy(weights) * mask) / tokens
     return loss, (base.means(sums) if train else sums)
+
+  def _mutable(self, train: bool) -> tuple[str, ...]:
+    # Only what the loss reads: asking for 'intermediates' would make every attention layer
+    # compute its weights explicitly, in the hot path.
+    if not (self.hard and train):
+      return ()
+    return ("reinforce",) + (("intermediates",) if self.entropy_bonus else ())
 
   def batches(self, split, *, batch_size, seed=0, train=False, indices=None):
     return data_pipeline.make_pipeline(self.dataset, split, batch_size=batch_size, seed=seed,

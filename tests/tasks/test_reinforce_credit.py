@@ -90,3 +90,51 @@ def test_unknown_estimator_and_credit_are_named():
   with pytest.raises(ValueError, match="task.reinforce_credit='token' is unknown; known: "
                      "sequence, step"):
     Seq2SeqTask(_hard_model("reinforce"), None, reinforce_credit="token")
+
+
+def _batch():
+  x = jnp.asarray(RNG.integers(2, 9, (3, 6)), jnp.int32)
+  y = jnp.asarray(RNG.integers(2, 9, (3, 4)), jnp.int32)
+  return {"inputs": x, "input_lengths": jnp.int32([6, 4, 5]), "targets": y,
+          "decoder_inputs": jnp.concatenate([jnp.ones((3, 1), jnp.int32), y[:, :-1]], 1),
+          "target_lengths": jnp.int32([4, 2, 3]), "weights": jnp.float32([1, 1, 0])}
+
+
+def test_expected_context_minibatch_has_no_reinforce_term_and_trains_the_scores():
+  """Xu et al.'s recipe with p = 1: the context is sum_j alpha_j v_j, recomputed here from
+  the sown weights, so the scores get a cross-entropy gradient and the log-probs are 0."""
+  model = RNNSeq2Seq(vocab_size=9, attention="hard", score="general", cell="gru", hidden_dim=8,
+                     src_embed_dim=4, tgt_embed_dim=4, expected_context_prob=1.0)
+  soft = RNNSeq2Seq(vocab_size=9, attention="luong", score="general", cell="gru", hidden_dim=8,
+                    src_embed_dim=4, tgt_embed_dim=4)
+  b = _batch()
+  args = (b["inputs"], b["input_lengths"], b["decoder_inputs"])
+  params = nn.unbox(model.init(jax.random.key(0), *args)["params"])
+  logits, sown = model.apply({"params": params}, *args, deterministic=False,
+                             rngs={"sample": jax.random.key(1)}, mutable=["reinforce"])
+  np.testing.assert_array_equal(sown["reinforce"]["log_prob"][0], 0.0)
+  # Same parameters, soft attention: Luong's decoder with the expected context.
+  np.testing.assert_allclose(logits, soft.apply({"params": params}, *args), rtol=1e-5,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("credit", ["sequence", "step"])
+def test_entropy_bonus_subtracts_the_mean_attention_entropy(credit):
+  from attention_jax.tasks.seq2seq import Seq2SeqTask  # pylint: disable=g-import-not-at-top
+  model, b, rng = _hard_model("reinforce"), _batch(), jax.random.key(3)
+  params = nn.unbox(model.init(jax.random.key(0), b["inputs"], b["input_lengths"],
+                               b["decoder_inputs"])["params"])
+  plain, bonus = (Seq2SeqTask(model, None, reinforce_credit=credit, entropy_bonus=lam)
+                  for lam in (0.0, 0.5))
+  loss = lambda task: float(task.loss(params, b, rng, train=True)[0])
+  _, sown = bonus.apply(params, b, rngs={"dropout": jax.random.fold_in(rng, 0),
+                                         "sample": jax.random.fold_in(rng, 1)},
+                        train=True, mutable=("intermediates",))
+  w = np.asarray(sown["intermediates"]["attention_weights"][0], np.float64)  # [B, T, S]
+  real = (np.arange(4)[None] < np.asarray(b["target_lengths"])[:, None]) * np.asarray(
+      b["weights"])[:, None]
+  ent = -np.sum(np.where(w > 0, w * np.log(np.where(w > 0, w, 1)), 0), -1)
+  np.testing.assert_allclose(loss(plain) - loss(bonus), 0.5 * (ent * real).sum() / real.sum(),
+                             rtol=1e-4)
+  with pytest.raises(ValueError, match="task.entropy_bonus is for model.attention='hard'"):
+    Seq2SeqTask(RNNSeq2Seq(vocab_size=9), None, entropy_bonus=0.1)
