@@ -106,8 +106,8 @@ def test_unwritable_workdir_is_an_error(data_dir, tmp_path):
     (f"{G2P}:smoke=True", "--config.train.stepz=3",
      "error: --config.train.stepz: no such config key; did you mean --config.train.steps?"),
     (f"{G2P}:smok=True", "--config.seed=1", f"error: --config={G2P}:smok=True: unknown config "
-     "argument 'smok'; did you mean 'smoke'? known: attention, score, cell, stress, steps, "
-     "test, smoke"),
+     "argument 'smok'; did you mean 'smoke'? known: attention, score, cell, stress, standard, "
+     "steps, test, smoke"),
     ("experiments/nosuch.py", "--config.seed=1", "error: no experiment file at "
      "'experiments/nosuch.py'"),
     (f"{G2P}:smoke=True", "--config.train.steps=abc", "error: flag --config.train.steps=abc: "
