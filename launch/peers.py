@@ -186,7 +186,7 @@ class Sequitur(Peer):
     lexicon = self.write_lines("train.lex", (f"{w} {p}" for w, p in pairs))
     done = self.finished(max_order)
     if done:
-      self.say(f"{self.name}: orders 1-{done} already trained; reusing model-{done}")
+      self.say(f"{self.name}: trained up to order {done} already; reusing model-{done}")
     spent = self.train_time(done)["wall_s"]
     for order in range(done + 1, max_order + 1):
       left = None if budget_s is None else budget_s - spent
