@@ -240,7 +240,8 @@ class RNNSeq2Seq(nn.Module):
       if self.attention != "none":
         out = self._attend(s, state, deterministic)
         if self.attention == "hard":
-          out = out._replace(**dict(zip(("context", "log_prob"), self._hard_context(out, state))))
+          context, log_prob = self._hard_context(out, state)
+          out = out._replace(context=context, log_prob=log_prob)
         features = jnp.tanh(self.combine(jnp.concatenate([out.context, s], axis=-1)))
     state = {**state, "carry": carry}
     if self._location_aware:
