@@ -30,11 +30,9 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from attention_jax import experiment
+from attention_jax import compile_cache, experiment
 from attention_jax.data import DataError
 from attention_jax.train import distributed, loop, provenance
-
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "attention_jax", "jax")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. experiments/g2p_attention.py:smoke=True.",
@@ -74,9 +72,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # absl's INFO lines would bury the progress output
-  if not jax.config.jax_compilation_cache_dir:  # $JAX_COMPILATION_CACHE_DIR wins
-    # Reruns and sweep trials compile the same programs: keep them across processes.
-    jax.config.update("jax_compilation_cache_dir", DEFAULT_CACHE_DIR)
+  compile_cache.enable()
   config = _CONFIG.value
   # Absolute before anything uses it: Orbax, the lock and result paths agree on one place.
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))

@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from attention_jax import data, tasks
+from attention_jax import compile_cache, data, tasks
 from attention_jax.predict_io import PredictError
 from attention_jax import predict_io as io_lib
 from attention_jax import predict_lm
@@ -97,7 +97,7 @@ def restore_params(config, task, workdir: str, name: str, step: int):
   `Checkpoints` would create a missing one. An explicit step sets nothing aside."""
   tx, _ = optim.make_optimizer(config.optim, config.train.steps)
   mesh = partition.make_mesh(config.train.mesh_shape)
-  state_like, _ = setup.create_state(task, tx, jax.random.key(config.seed), 1, mesh)
+  state_like = setup.abstract_state(task, tx, 1, mesh)
   ckpt = checkpoint.Checkpoints(workdir, 0, keep=1, name=name)
   try:
     state, _, _ = ckpt.restore(state_like, step)
@@ -244,6 +244,7 @@ def run(workdir: str, args: list[str]) -> list[dict]:
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)
+  compile_cache.enable()
   try:
     results = run(_WORKDIR.value, argv[1:])
   except (PredictError, data.DataError) as e:

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.xdist_group("test_predict")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COPY = ["--config.data.name=algorithmic/copy", "--config.evals.dev.examples=16",
-        "--config.evals.dev.metrics=sequence_accuracy,token_error_rate", "--config.train.steps=6"]
+        "--config.evals.dev.metrics=sequence_accuracy,token_error_rate", "--config.train.steps=6",
+        "--config.evals.dev.heatmaps=0"]  # predict draws its own
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -270,7 +271,8 @@ def speech(data_dir, spoken_digit_recordings, tmp_path_factory):
   """The speech model (joint CTC-attention, CTC decode weight 0.5) after 2 steps on tones."""
   return _train(data_dir, tmp_path_factory.mktemp("speech") / "W",
                 "experiments/speech_digits.py", "--config.train.steps=2",
-                "--config.evals.dev.every=2", "--config.task.ctc_weight=0.5",
+                "--config.evals.dev.every=2", "--config.evals.dev.heatmaps=0",
+                "--config.task.ctc_weight=0.5",
                 f"--config.data.manual_dir={spoken_digit_recordings}", data_flags=())
 
 

@@ -10,21 +10,37 @@ import optax
 from attention_jax.train import partition, steps
 
 
-def create_state(task, tx: optax.GradientTransformation, rng: jax.Array, batch_size: int,
-                 mesh) -> tuple[steps.TrainState, object]:
-  """Shapes from `jax.eval_shape`, shardings from the logical rules, then one jitted
-  init whose outputs land sharded (no full copy on one device first)."""
+def _initialiser(task, tx: optax.GradientTransformation, batch_size: int):
+  """rng -> the train state of `task` with optimiser `tx` (boxed with logical axes)."""
   example = task.example_batch(batch_size)
 
   def init(rng):
     params = task.init(rng, example)["params"]
     return steps.TrainState.create(apply_fn=task.model.apply, params=params, tx=tx)
+  return init
 
+
+def create_state(task, tx: optax.GradientTransformation, rng: jax.Array, batch_size: int,
+                 mesh) -> tuple[steps.TrainState, object]:
+  """Shapes from `jax.eval_shape`, shardings from the logical rules, then one jitted
+  init whose outputs land sharded (no full copy on one device first)."""
+  init = _initialiser(task, tx, batch_size)
   with partition.activate(mesh):
     abstract = jax.eval_shape(init, rng)
     shardings = partition.logical_shardings(abstract, mesh)
     state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
   return state, shardings
+
+
+def abstract_state(task, tx: optax.GradientTransformation, batch_size: int, mesh):
+  """The train state's shapes, dtypes and shardings without computing it: a restore
+  target that compiles nothing (initialising the model compiles its whole forward)."""
+  init = _initialiser(task, tx, batch_size)
+  with partition.activate(mesh):
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    shardings = partition.logical_shardings(abstract, mesh)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      nn.meta.unbox(abstract), shardings)
 
 
 def jit_steps(task, state_shardings, mesh, *, schedule: optax.Schedule):

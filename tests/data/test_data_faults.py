@@ -23,7 +23,7 @@ NAME = "algorithmic/copy"
 SHARD = "algorithmic-train.array_record-00000-of-00001"
 CLI = [sys.executable, "-m", "attention_jax.main",
        "--config=experiments/g2p_attention.py:smoke=True", f"--config.data.name={NAME}",
-       "--config.evals.dev.examples=16",
+       "--config.evals.dev.examples=16", "--config.evals.dev.heatmaps=0",
        "--config.evals.dev.metrics=sequence_accuracy,token_error_rate"]
 
 

@@ -17,7 +17,7 @@ def get_config(arg=None):
                       dropout_rate=0.0, max_len=24))
   experiment.apply_smoke(c)
   c.train.steps = args["steps"]
-  c.evals.dev.update(examples=16, heatmaps=1, show=0, metrics="sequence_accuracy,token_error_rate")
+  c.evals.dev.update(examples=16, heatmaps=0, show=0, metrics="sequence_accuracy,token_error_rate")
   return c
 
 

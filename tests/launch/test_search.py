@@ -14,7 +14,8 @@ import pytest
 from launch import report, search, sweep as sweep_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SPEC = "tests/launch/sweep_experiment.py:steps=40"
+STEPS = 100  # the pruner often stops trial 1 only at step 30-35: it needs the steps after that
+SPEC = f"tests/launch/sweep_experiment.py:steps={STEPS}"
 PNG = b"\x89PNG\r\n\x1a\n"
 # Enqueued in this order, so trial n gets PARAMS[n]: a fair run, a learning rate too small to
 # learn (its dev loss at step 5 is far above trial 0's: the median pruner stops it), a good run
@@ -55,7 +56,7 @@ def _first_run_is_interrupted_in_trial_2(root, env):
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   with open(root / "trial-0002" / "log.txt") as log:
     for line in log:
-      if line.startswith("step 10/40"):
+      if line.startswith(f"step 10/{STEPS}"):
         sweep.send_signal(signal.SIGINT)  # the sweep passes SIGTERM to the trial
         break
     log.read()  # until the trial exits
@@ -77,7 +78,7 @@ def test_search_prunes_fails_resumes_and_reports(tmp_path, shared_data_dir):
   assert "stop  trial-0002: interrupted; rerun the sweep to resume it" in out
   assert "trial-0003" not in out  # never asked: the sweep stopped
   pruned = root / "trial-0001"
-  assert max(_train_steps(pruned)) < 40  # stopped early by SIGTERM, which saves a checkpoint
+  assert max(_train_steps(pruned)) < STEPS  # stopped early by SIGTERM, which saves a checkpoint
   assert "SIGTERM: saved step" in (pruned / "log.txt").read_text()
   assert any(d.isdigit() for d in os.listdir(pruned / "checkpoints"))
   assert not (pruned / "result.json").exists()
@@ -91,8 +92,8 @@ def test_search_prunes_fails_resumes_and_reports(tmp_path, shared_data_dir):
   assert "resume trial-0002" in rerun.stdout and "start trial-0003" in rerun.stdout
   assert "FAIL  trial-0003: exit 2" in rerun.stdout and "trial-0001 (" not in rerun.stdout
   log = (root / "trial-0002" / "log.txt").read_text()
-  assert 10 <= int(log.split("checkpoints at step ")[1].split()[0]) < 40
-  assert json.loads((root / "trial-0002" / "result.json").read_text())["step"] == 40
+  assert 10 <= int(log.split("checkpoints at step ")[1].split()[0]) < STEPS
+  assert json.loads((root / "trial-0002" / "result.json").read_text())["step"] == STEPS
   manifest = json.loads((root / "sweep.json").read_text())["trials"]
   assert {n: t["status"] for n, t in manifest.items()} == {
       "trial-0000": "done", "trial-0001": "pruned", "trial-0002": "done", "trial-0003": "failed"}
@@ -152,7 +153,7 @@ def test_slurm_search_with_wait_reports_and_prunes(tmp_path, shared_data_dir):
   assert "submit trial-0000: job" in proc.stdout and "pruned trial-0001" in proc.stdout, (
       proc.stdout[-3000:] + "\ntrial-0001's log:\n" + log)
   assert [t.state.name for t in _study(root).trials] == ["COMPLETE", "PRUNED"]
-  assert max(_train_steps(root / "trial-0001")) < 40
+  assert max(_train_steps(root / "trial-0001")) < STEPS
 
 
 def test_rerun_after_a_killed_sweep_tells_or_resumes_its_running_trials(tmp_path):

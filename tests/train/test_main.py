@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from attention_jax import experiment
+from attention_jax.data import DataError
 from attention_jax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,24 +74,44 @@ def test_smoke_config_trains_evaluates_and_draws(config, data_dir, tmp_path, req
 @pytest.mark.parametrize("flag,message", [
     ("--config.model.attention=bogus", "RNNSeq2Seq.attention='bogus' is unknown"),
     ("--config.data.name=nosuch", "data.name='nosuch'"),
-    ("--config.data.tokenizer=words", "data.tokenizer='words' is unknown"),
-    ("--config.train.mesh_shape=(3,1)", "mesh_shape (3, 1) needs 3 devices"),
-    ("--config.data.eval_batch_size=0", "data.eval_batch_size=0 is not a positive multiple"),
-    ("--config.evals.dev.decode=nucleus", "evals.dev.decode='nucleus' is unknown"),
-    ("--config.train.select_by=werr", "train.select_by='werr' is not a metric"),
-    ("--config.train.select_eval=test", "train.select_eval='test' is not a periodic evaluator"),
-    ("--config.train.steps=-5", "train.steps=-5 is out of range; allowed: a number in [1, inf)"),
-    ("--config.train.keep_checkpoints=0", "train.keep_checkpoints=0 is out of range"),
-    ("--config.optim.learning_rate=-0.01", "optim.learning_rate=-0.01 is out of range"),
-    ("--config.optim.learning_rate=nan", "optim.learning_rate=nan is out of range"),
-    ("--config.model.dropout_rate=1.5", "model.dropout_rate=1.5 is out of range; allowed: a "
-     "number in [0, 1)"),
 ])
 def test_bad_config_exits_2_before_writing(flag, message, data_dir, tmp_path):
   workdir = tmp_path / "run"
   proc = _run(data_dir, f"{G2P}:smoke=True", workdir, flag)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert message in proc.stderr
+  assert not workdir.exists()
+
+
+# In the trainer's process: main() turns exactly these two errors into one line and exit 2
+# (the subprocess cases above); each of these costs an interpreter start otherwise.
+@pytest.mark.parametrize("key,value,message", [
+    ("data.tokenizer", "words", "data.tokenizer='words' is unknown"),
+    ("train.mesh_shape", (3, 1), "mesh_shape (3, 1) needs 3 devices"),
+    ("data.eval_batch_size", 0, "data.eval_batch_size=0 is not a positive multiple"),
+    ("evals.dev.decode", "nucleus", "evals.dev.decode='nucleus' is unknown"),
+    ("train.select_by", "werr", "train.select_by='werr' is not a metric"),
+    ("train.select_eval", "test", "train.select_eval='test' is not a periodic evaluator"),
+    ("train.steps", -5, "train.steps=-5 is out of range; allowed: a number in [1, inf)"),
+    ("train.keep_checkpoints", 0, "train.keep_checkpoints=0 is out of range"),
+    ("optim.learning_rate", -0.01, "optim.learning_rate=-0.01 is out of range"),
+    ("optim.learning_rate", float("nan"), "optim.learning_rate=nan is out of range"),
+    ("model.dropout_rate", 1.5, "model.dropout_rate=1.5 is out of range; allowed: a "
+     "number in [0, 1)"),
+])
+def test_bad_config_is_refused_before_writing(key, value, message, data_dir, tmp_path,
+                                              monkeypatch):
+  monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", data_dir)
+  config = experiment.config_from_spec(f"{G2P}:smoke=True")
+  *parents, leaf = key.split(".")
+  node = config
+  for name in parents:
+    node = node[name]
+  node[leaf] = value
+  workdir = tmp_path / "run"
+  with pytest.raises((loop.ConfigError, DataError)) as raised:
+    loop.train_and_evaluate(config, str(workdir))
+  assert message in str(raised.value)
   assert not workdir.exists()
 
 
@@ -143,7 +164,8 @@ def test_non_finite_loss_stops_and_keeps_good_checkpoints(data_dir, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_interrupted_run_resumes_to_the_same_parameters(sig, data_dir, tmp_path, wait_for):
   flags = [*COPY, "--config.train.steps=8", "--config.train.checkpoint_every=2",
-           "--config.evals.dev.every=8", "--config.model.dropout_rate=0.1"]
+           "--config.evals.dev.every=8", "--config.model.dropout_rate=0.1",
+           "--config.evals.dev.heatmaps=0"]
   config = f"{G2P}:smoke=True"
   straight = tmp_path / "straight"
   assert _run(data_dir, config, straight, *flags).returncode == 0

@@ -28,7 +28,8 @@ CONFIG = os.path.join(ROOT, "experiments", "g2p_attention.py") + ":smoke=True"
 COPY = ["--config.data.name=algorithmic/copy", "--config.evals.dev.examples=16",
         "--config.evals.dev.metrics=sequence_accuracy,token_error_rate"]
 FLAGS = [*COPY, "--config.train.steps=8", "--config.train.checkpoint_every=2",
-         "--config.evals.dev.every=4", "--config.model.dropout_rate=0.1"]
+         "--config.evals.dev.every=4", "--config.model.dropout_rate=0.1",
+         "--config.evals.dev.heatmaps=0"]  # drawing is tested in test_main
 ENOSPC = ("RESOURCE_EXHAUSTED: Error writing local file \"x\": Failed to write 10 bytes: "
           "No space left on device [os_error_code='28']")
 
