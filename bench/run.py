@@ -81,12 +81,12 @@ def main(argv=None) -> int:
   threads = set_threads()
 
   import jax
+  from attention_jax import compile_cache
   from bench import harness
 
   # Compilation is excluded from the timings; the persistent cache only makes reruns start sooner.
   jax.config.update("jax_compilation_cache_dir", os.environ.get(
-      "JAX_COMPILATION_CACHE_DIR",
-      os.path.join(os.path.expanduser("~"), ".cache", "attention_jax", "jax")))
+      "JAX_COMPILATION_CACHE_DIR", compile_cache.DEFAULT_DIR))
   repeats, budget = (3, 10.0) if args.quick else (7, 30.0)
   selected = args.only or list(BENCHMARKS)
   rows: list[harness.Row] = []

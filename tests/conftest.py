@@ -12,10 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-_CACHE_DIR = os.environ.get(
-    "JAX_COMPILATION_CACHE_DIR",
-    os.path.join(os.path.expanduser("~"), ".cache", "attention_jax", "jax"),
-)
+from attention_jax import compile_cache
+
+_CACHE_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR", compile_cache.DEFAULT_DIR)
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 # Test programs compile in well under a second each; cache them all.
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
