@@ -35,7 +35,7 @@ from attention_jax.data.vocab import EOS_ID
 from attention_jax.evaluate import metrics as metrics_lib
 from attention_jax.models.image import ImageRNN
 from attention_jax.tasks import base
-from attention_jax.tasks.seq2seq import Seq2SeqTask, _tokens, entropy, reinforce_loss
+from attention_jax.tasks.seq2seq import Seq2SeqTask, _tokens, entropy
 from attention_jax.viz import images as image_viz
 
 Array = jax.Array
@@ -98,17 +98,8 @@ class ImageTask(Seq2SeqTask):
     return out + (("intermediates",) if weights else ())
 
   def loss(self, params, batch, rng, *, train):
-    rngs = None
-    if rng is not None:
-      rngs = {"dropout": jax.random.fold_in(rng, 0), "sample": jax.random.fold_in(rng, 1)}
-    mutable = self._mutable(train)
-    out = self.apply(params, batch, rngs=rngs, train=train, mutable=mutable)
-    logits, sown = out if mutable else (out, {})
-    loss, sums, (nll, mask) = base.token_losses(logits, batch, self.label_smoothing)
+    loss, sums, mask, sown = self._token_loss(params, batch, rng, train)
     tokens = jnp.maximum(sums["tokens"], 1.0)
-    if "log_prob" in sown.get("reinforce", {}):
-      loss = loss + reinforce_loss(sown["reinforce"]["log_prob"][0], nll, mask,
-                                   batch["weights"], tokens, self.reinforce_credit)
     inter = sown.get("intermediates", {})
     if "attention_weights" in inter:
       extra = self._regularisers(inter["attention_weights"][0], batch, mask)

@@ -137,6 +137,16 @@ class Seq2SeqTask(base.Task):
                             mutable=list(mutable) or False)
 
   def loss(self, params, batch, rng, *, train):
+    loss, sums, mask, sown = self._token_loss(params, batch, rng, train)
+    tokens = jnp.maximum(sums["tokens"], 1.0)
+    if "intermediates" in sown:  # Xu et al.'s entropy bonus on the weights sampled from
+      weights = sown["intermediates"]["attention_weights"][0]
+      loss = loss - self.entropy_bonus * jnp.sum(entropy(weights) * mask) / tokens
+    return loss, (base.means(sums) if train else sums)
+
+  def _token_loss(self, params, batch, rng, train: bool):
+    """(loss, sums, target mask, sown collections): the cross-entropy per target token
+    plus, for hard attention trained by REINFORCE, its surrogate. Subclasses add terms."""
     rngs = None
     if rng is not None:
       rngs = {"dropout": jax.random.fold_in(rng, 0), "sample": jax.random.fold_in(rng, 1)}
@@ -144,14 +154,11 @@ class Seq2SeqTask(base.Task):
     out = self.apply(params, batch, rngs=rngs, train=train, mutable=mutable)
     logits, sown = out if mutable else (out, {})
     loss, sums, (nll, mask) = base.token_losses(logits, batch, self.label_smoothing)
-    tokens = jnp.maximum(sums["tokens"], 1.0)
     if "log_prob" in sown.get("reinforce", {}):
       loss = loss + reinforce_loss(sown["reinforce"]["log_prob"][0], nll, mask,
-                                   batch["weights"], tokens, self.reinforce_credit)
-    if "intermediates" in sown:  # Xu et al.'s entropy bonus on the weights sampled from
-      weights = sown["intermediates"]["attention_weights"][0]
-      loss = loss - self.entropy_bonus * jnp.sum(entropy(weights) * mask) / tokens
-    return loss, (base.means(sums) if train else sums)
+                                   batch["weights"], jnp.maximum(sums["tokens"], 1.0),
+                                   self.reinforce_credit)
+    return loss, sums, mask, sown
 
   def _mutable(self, train: bool) -> tuple[str, ...]:
     # Only what the loss reads: asking for 'intermediates' would make every attention layer
