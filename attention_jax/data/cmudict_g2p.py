@@ -127,6 +127,12 @@ class CmudictConfig(tfds.core.BuilderConfig):
                                # "g014b2b": the published split (cmudict_standard)
 
 
+def _counts(prons: dict, words: dict) -> dict:
+  """The split statistics: words and pronunciations per split."""
+  return {"words": {name: len(ws) for name, ws in words.items()},
+          "pronunciations": {name: sum(len(prons[w]) for w in ws) for name, ws in words.items()}}
+
+
 class CmudictG2p(TextToTextBuilder):
   """CMUdict grapheme-to-phoneme pairs, split by word (see module docstring)."""
 
@@ -177,8 +183,7 @@ class CmudictG2p(TextToTextBuilder):
     extra = {
         "source": origin, "source_sha256": digest, "split_seed": SPLIT_SEED,
         "stress": self.builder_config.stress, "skipped_entries": skipped,
-        "words": {name: len(ws) for name, ws in words.items()},
-        "pronunciations": {name: sum(len(prons[w]) for w in ws) for name, ws in words.items()},
+        **_counts(prons, words),
     }
     return splits, extra
 
@@ -200,7 +205,6 @@ class CmudictG2p(TextToTextBuilder):
         "dev_method": "the first dev words of numpy's PCG64 permutation (split_seed) of the "
                       "sorted train-file words (attention_jax.data.splits.split_keys)",
         "dev_words_sha256": standard.word_list_sha256(words["dev"]),
-        "words": {name: len(ws) for name, ws in words.items()},
-        "pronunciations": {name: sum(len(prons[w]) for w in ws) for name, ws in words.items()},
+        **_counts(prons, words),
     }
     return rows_by_split(prons, words), extra
