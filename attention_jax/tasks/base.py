@@ -17,6 +17,7 @@ turns into metrics with `finish`, so a split's metrics weigh every token alike.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -83,6 +84,19 @@ class Task:
 
   def init(self, rng: Array, batch: dict) -> dict:
     raise NotImplementedError
+
+  def apply(self, params, batch: dict, *, rngs=None, train: bool = False, mutable=()):
+    """The model's forward pass on a batch; with `mutable`, (outputs, collections)."""
+    raise NotImplementedError
+
+  def intermediates(self, params, batch: dict) -> tuple[Any, dict]:
+    """(outputs, sown intermediates) of the deterministic forward pass, for drawing.
+
+    Jitted once per task and shape: run eagerly, each of the forward pass's ops would
+    dispatch, and compile, on its own (seconds per drawing)."""
+    if "_sown_forward" not in self.__dict__:
+      self._sown_forward = jax.jit(functools.partial(self.apply, mutable=("intermediates",)))
+    return self._sown_forward(params, batch)
 
   def loss(self, params, batch: dict, rng: Array | None, *, train: bool) -> tuple[Array, dict]:
     raise NotImplementedError

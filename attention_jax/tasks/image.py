@@ -158,7 +158,7 @@ class ImageTask(Seq2SeqTask):
     RNN's alignment; the Transformer's last-layer cross-attention, mean over heads)."""
     rows = {k: np.asarray(v)[:n] for k, v in batch.items()}
     rows = {k: v[rows["weights"] > 0] for k, v in rows.items()}
-    _, inter = self.apply(params, rows, mutable=("intermediates",))
+    _, inter = self.intermediates(params, rows)
     weights = _grid_weights(inter.get("intermediates", {}), self.rnn)
     if weights is None:
       return {}

@@ -64,10 +64,13 @@ class LMTask(base.Task):
   def init(self, rng, batch):
     return self.model.init(rng, batch["inputs"])
 
+  def apply(self, params, batch, *, rngs=None, train=False, mutable=()):
+    return self.model.apply({"params": params}, batch["inputs"], deterministic=not train,
+                            rngs=rngs, mutable=list(mutable) or False)
+
   def loss(self, params, batch, rng, *, train):
     rngs = None if rng is None else {"dropout": jax.random.fold_in(rng, 0)}
-    logits = self.model.apply({"params": params}, batch["inputs"], deterministic=not train,
-                              rngs=rngs)
+    logits = self.apply(params, batch, rngs=rngs, train=train)
     loss, sums, _ = base.token_losses(logits, batch, self.label_smoothing)
     return loss, (base.means(sums) if train else sums)
 
@@ -137,7 +140,7 @@ class LMTask(base.Task):
   def heatmap_figures(self, params, batch: dict, n: int, step: int) -> dict:
     """Per layer x head causal self-attention of the first `n` windows' openings."""
     tokens = np.asarray(batch["inputs"])[:n, :HEATMAP_TOKENS]
-    _, inter = self.model.apply({"params": params}, tokens, mutable=["intermediates"])
+    _, inter = self.intermediates(params, {"inputs": tokens})
     vocab = self.dataset.target_vocab
     labels = [[vocab.decode([int(t)]) if t != EOS_ID else "</s>" for t in row] for row in tokens]
     return heatmaps.example_figures(inter, None, labels, step=step)

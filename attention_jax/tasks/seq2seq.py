@@ -235,7 +235,7 @@ class Seq2SeqTask(base.Task):
     """Teacher-forced attention of the batch's first `n` rows, one figure per kind and row
     (none for a model without attention)."""
     rows = {k: np.asarray(v)[:n] for k, v in batch.items()}
-    _, inter = self.apply(params, rows, mutable=("intermediates",))
+    _, inter = self.intermediates(params, rows)
     if not inter:
       return {}
     sources = [_tokens(self.dataset.input_vocab, r) for r in rows["inputs"]]

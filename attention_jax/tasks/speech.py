@@ -264,7 +264,7 @@ class SpeechTask(Seq2SeqTask):
     the encoder frames, and the CTC posteriors under it."""
     rows = {k: np.asarray(v)[:n] for k, v in batch.items()}
     rows = {k: v[rows["weights"] > 0] for k, v in rows.items()}
-    out, inter = self.apply(params, rows, mutable=("intermediates",))
+    out, inter = self.intermediates(params, rows)
     weights = np.asarray(inter["intermediates"]["attention_weights"][0])  # [n, T, F']
     posteriors = np.asarray(jax.nn.softmax(out["ctc"], axis=-1))
     vocab = self.dataset.target_vocab

@@ -104,8 +104,9 @@ class Evaluator:
     figures = self.task.heatmap_figures(params, batch, self.cfg.heatmaps, step)
     out_dir = os.path.join(self.out.workdir, "attention", f"step_{step}")
     for stem, fig in figures.items():
-      heatmaps.save_figure(fig, os.path.join(out_dir, f"{stem}.png"))
-      self.out.writer.image(step, f"attention/{stem}", heatmaps.figure_to_rgba(fig))
+      rgba = heatmaps.figure_to_rgba(fig)
+      heatmaps.save_png(rgba, os.path.join(out_dir, f"{stem}.png"))
+      self.out.writer.image(step, f"attention/{stem}", rgba)
     return out_dir if figures else None
 
 

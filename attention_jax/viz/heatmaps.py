@@ -4,7 +4,7 @@
     fig = make_heads_figure(weights [layers, heads, q_len, kv_len], query_tokens, key_tokens)
     plot_alignment(...) / plot_heads(...)        the same, written to a PNG file
     save_example_heatmaps(intermediates, ...)    one PNG per example and attention kind
-    figure_to_png_bytes(fig) / figure_to_rgba(fig)   the same image for TensorBoard
+    figure_to_rgba(fig) -> save_png(rgba, path)  one drawing for TensorBoard and the file
 
 Figures are built with `matplotlib.figure.Figure` on an Agg canvas, never
 through pyplot: no display is needed, no backend is switched for the caller,
@@ -21,6 +21,7 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
+import matplotlib.image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
@@ -155,13 +156,6 @@ def make_heads_figure(weights: Any, query_tokens: Sequence, key_tokens: Sequence
   return fig
 
 
-def figure_to_png_bytes(fig: Figure) -> bytes:
-  """The figure as PNG bytes, pixel for pixel what `save_figure` writes."""
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi="figure")
-  return buffer.getvalue()
-
-
 def figure_to_rgba(fig: Figure) -> np.ndarray:
   """The figure as a uint8 `[height, width, 4]` array (TensorBoard: `[..., :3]`, HWC)."""
   canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
@@ -169,10 +163,29 @@ def figure_to_rgba(fig: Figure) -> np.ndarray:
   return np.array(canvas.buffer_rgba())  # a copy: the buffer is reused by the next draw
 
 
+def rgba_to_png_bytes(rgba: np.ndarray) -> bytes:
+  """A `figure_to_rgba` array as PNG bytes. Drawing a figure costs far more than encoding
+  it, so whoever needs both the array and the file draws once and encodes the array."""
+  buffer = io.BytesIO()
+  matplotlib.image.imsave(buffer, rgba, format="png")
+  return buffer.getvalue()
+
+
+def figure_to_png_bytes(fig: Figure) -> bytes:
+  """The figure as PNG bytes, pixel for pixel what `save_figure` writes."""
+  return rgba_to_png_bytes(figure_to_rgba(fig))
+
+
+def save_png(rgba: np.ndarray, path: str | os.PathLike) -> str:
+  """Writes a `figure_to_rgba` array as a PNG at `path` atomically, creating directories;
+  returns the path."""
+  paths.atomic_write_bytes(path, rgba_to_png_bytes(rgba))
+  return os.fspath(path)
+
+
 def save_figure(fig: Figure, path: str | os.PathLike) -> str:
   """Writes `fig` as a PNG at `path` atomically, creating directories; returns the path."""
-  paths.atomic_write_bytes(path, figure_to_png_bytes(fig))
-  return os.fspath(path)
+  return save_png(figure_to_rgba(fig), path)
 
 
 def plot_alignment(weights: Any, source_tokens: Sequence, target_tokens: Sequence,

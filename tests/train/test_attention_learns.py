@@ -12,7 +12,8 @@ from attention_jax.train import loop
 G2P = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "g2p_attention.py")
 
 
-def test_reverse_task_learns_an_anti_diagonal(tmp_path, monkeypatch, shared_data_dir):
+def test_reverse_task_learns_an_anti_diagonal(tmp_path, monkeypatch, shared_data_dir,
+                                              xla_optimized):
   monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", shared_data_dir)
   config = experiment.load(G2P).get_config("smoke=True,score=general")
   config.data.name = "algorithmic/reverse"

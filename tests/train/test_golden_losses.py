@@ -18,7 +18,8 @@ _spec.loader.exec_module(record_losses)
 def test_default_experiment_losses_are_bitwise_those_before_the_redesign(tmp_path, shared_data_dir):
   with open(os.path.join(HERE, "golden", "g2p_attention_losses.json")) as f:
     golden = json.load(f)
-  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=shared_data_dir, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=shared_data_dir, JAX_PLATFORMS="cpu",
+             JAX_DISABLE_MOST_OPTIMIZATIONS="0")  # the recording's compiler settings
   env.pop("XLA_FLAGS", None)
   # Evaluation reads no training randomness: a small one at the end keeps the test short.
   extra = ["--config.evals.dev.examples=8", "--config.evals.dev.heatmaps=0"]

@@ -3,7 +3,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-from matplotlib.figure import Figure
 import matplotlib.image
 import numpy as np
 import pytest
@@ -83,8 +82,11 @@ def test_alignment_png_is_valid_trimmed_and_matches_the_tensorboard_image(tmp_pa
   assert rgba[..., :3].var() > 0
   saved = viz.save_figure(fig, tmp_path / "b.png")
   with open(saved, "rb") as f:
-    assert viz.figure_to_png_bytes(fig) == f.read()  # the same image for TensorBoard
-  assert sorted(os.listdir(tmp_path)) == ["b.png", "sub"]  # no temporary files left
+    assert viz.figure_to_png_bytes(fig) == f.read()
+  # The evaluator draws once: the file holds the very pixels TensorBoard is given.
+  from_array = viz.save_png(rgba, tmp_path / "c.png")
+  np.testing.assert_array_equal(np.round(matplotlib.image.imread(from_array) * 255), rgba)
+  assert sorted(os.listdir(tmp_path)) == ["b.png", "c.png", "sub"]  # no temporary files left
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 4, 5)])
@@ -118,11 +120,11 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
   path = tmp_path / "a.png"
   path.write_bytes(b"old")
 
-  def broken_savefig(self, f, **kwargs):
+  def broken_imsave(f, *args, **kwargs):
     f.write(PNG_SIGNATURE)  # a crash half-way through the write
     raise OSError("disk full")
 
-  monkeypatch.setattr(Figure, "savefig", broken_savefig)
+  monkeypatch.setattr(matplotlib.image, "imsave", broken_imsave)
   with pytest.raises(OSError, match="disk full"):
     viz.plot_alignment(np.eye(2), ["a", "b"], ["c", "d"], path, dpi=DPI)
   assert os.listdir(tmp_path) == ["a.png"] and path.read_bytes() == b"old"
