@@ -287,6 +287,36 @@ def test_sigint_saves_exits_130_and_resumes_to_the_same_parameters(straight, dat
   _assert_same_params(straight, workdir)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_or_stopped_run_resumes_to_the_same_parameters_and_time(sig, straight, data_dir,
+                                                                       tmp_path, wait_for):
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(_command(workdir, *FLAGS), cwd=ROOT, env=_env(data_dir),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  wait_for(workdir / "checkpoints" / "2" / "commit_success.txt", proc)
+  proc.send_signal(sig)
+  out, _ = proc.communicate(timeout=300)
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 0 and "SIGTERM: saved step" in out
+  assert not (workdir / "result.json").exists()
+  # The first attempt's times, moved 1000 s later: the resumed run's total must carry them over.
+  metrics = workdir / "metrics.jsonl"
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  for row in rows:
+    if "elapsed_s" in row:
+      row["elapsed_s"] += 1000.0
+  metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  started = time.perf_counter()
+  resumed = _run(data_dir, workdir)
+  seconds = time.perf_counter() - started
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  step = int(re.search(r"resumed from \S+ at step (\d+)", resumed.stdout).group(1))
+  before = max(r["elapsed_s"] for r in rows if r["split"] == "train" and r["step"] <= step)
+  wall = json.loads((workdir / "result.json").read_text())["wall_time_s"]
+  assert 1000.0 < before < wall < before + seconds
+  _assert_same_params(straight, workdir)
+
+
 # --- a full disk --------------------------------------------------------------------------
 
 
