@@ -8,11 +8,13 @@ import sys
 import types
 
 import numpy as np
+import pytest
 
 from attention_jax.train import provenance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 G2P = os.path.join(ROOT, "experiments", "g2p_attention.py")
+pytestmark = pytest.mark.xdist_group("test_provenance")  # one worker: `run` is run once
 
 
 def _fake_dataset(tmp_path, contents):
@@ -60,18 +62,27 @@ def test_set_deterministic_adds_the_flag_once(monkeypatch):
                                              *provenance.DETERMINISTIC_FLAGS]
 
 
-def test_a_run_records_its_provenance(tmp_path, shared_data_dir):
-  """A relative --workdir, made absolute; train.deterministic's flag reaches XLA_FLAGS."""
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, shared_data_dir):
+  """One smoke run, from a relative --workdir, with train.deterministic and a hidden size
+  the config does not default to: (the process, its absolute workdir)."""
+  cwd = tmp_path_factory.mktemp("provenance")
   env = dict(os.environ, ATTENTION_JAX_DATA_DIR=shared_data_dir, JAX_PLATFORMS="cpu",
              PYTHONPATH=ROOT)
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run(
       [sys.executable, "-m", "attention_jax.main", f"--config={G2P}:smoke",
        "--workdir=run", "--config.data.name=algorithmic/copy",
-       "--config.evals.dev.metrics=sequence_accuracy", "--config.train.deterministic=True"],
-      capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+       "--config.evals.dev.metrics=sequence_accuracy", "--config.train.deterministic=True",
+       "--config.model.hidden_dim=24", "--config.evals.dev.heatmaps=0"],
+      capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  workdir = tmp_path / "run"
+  return proc, cwd / "run"
+
+
+def test_a_run_records_its_provenance(run, shared_data_dir):
+  """A relative --workdir, made absolute; train.deterministic's flag reaches XLA_FLAGS."""
+  proc, workdir = run
   assert f"results: {workdir}/result.json" in proc.stdout
   config = json.loads((workdir / "config.json").read_text())
   result = json.loads((workdir / "result.json").read_text())
@@ -104,16 +115,9 @@ def _events(directory):
   return events
 
 
-def test_a_run_writes_tensorboard_hparams(tmp_path, shared_data_dir):
+def test_a_run_writes_tensorboard_hparams(run):
   from tensorboardX.proto import plugin_hparams_pb2  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, ATTENTION_JAX_DATA_DIR=shared_data_dir, JAX_PLATFORMS="cpu")
-  workdir = tmp_path / "run"
-  proc = subprocess.run(
-      [sys.executable, "-m", "attention_jax.main", f"--config={G2P}:smoke",
-       f"--workdir={workdir}", "--config.data.name=algorithmic/copy",
-       "--config.evals.dev.metrics=sequence_accuracy", "--config.model.hidden_dim=24"],
-      capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  workdir = run[1]
   values = {v.tag: v for e in _events(workdir / "tensorboard" / "hparams") for v in e.summary.value}
   start = plugin_hparams_pb2.HParamsPluginData.FromString(
       values["_hparams_/session_start_info"].metadata.plugin_data.content).session_start_info
