@@ -90,13 +90,14 @@ class Task:
     raise NotImplementedError
 
   def intermediates(self, params, batch: dict) -> tuple[Any, dict]:
-    """(outputs, sown intermediates) of the deterministic forward pass, for drawing.
-
-    Jitted once per task and shape: run eagerly, each of the forward pass's ops would
-    dispatch, and compile, on its own (seconds per drawing)."""
-    if "_sown_forward" not in self.__dict__:
-      self._sown_forward = jax.jit(functools.partial(self.apply, mutable=("intermediates",)))
+    """(outputs, sown intermediates) of the deterministic forward pass, for drawing."""
     return self._sown_forward(params, batch)
+
+  @functools.cached_property
+  def _sown_forward(self):
+    # Jitted once per task (and shape): run eagerly, each of the forward pass's ops would
+    # dispatch, and compile, on its own (seconds per drawing).
+    return jax.jit(functools.partial(self.apply, mutable=("intermediates",)))
 
   def loss(self, params, batch: dict, rng: Array | None, *, train: bool) -> tuple[Array, dict]:
     raise NotImplementedError

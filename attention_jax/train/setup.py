@@ -10,24 +10,26 @@ import optax
 from attention_jax.train import partition, steps
 
 
-def _initialiser(task, tx: optax.GradientTransformation, batch_size: int):
-  """rng -> the train state of `task` with optimiser `tx` (boxed with logical axes)."""
+def _plan(task, tx: optax.GradientTransformation, batch_size: int, mesh, rng: jax.Array):
+  """(init: rng -> the train state of `task` with optimiser `tx`, boxed with logical axes;
+  its shapes from `jax.eval_shape`; its shardings from the logical rules on `mesh`)."""
   example = task.example_batch(batch_size)
 
   def init(rng):
     params = task.init(rng, example)["params"]
     return steps.TrainState.create(apply_fn=task.model.apply, params=params, tx=tx)
-  return init
+
+  with partition.activate(mesh):
+    abstract = jax.eval_shape(init, rng)
+    return init, abstract, partition.logical_shardings(abstract, mesh)
 
 
 def create_state(task, tx: optax.GradientTransformation, rng: jax.Array, batch_size: int,
                  mesh) -> tuple[steps.TrainState, object]:
-  """Shapes from `jax.eval_shape`, shardings from the logical rules, then one jitted
-  init whose outputs land sharded (no full copy on one device first)."""
-  init = _initialiser(task, tx, batch_size)
+  """Shapes and shardings from `_plan`, then one jitted init whose outputs land sharded
+  (no full copy on one device first)."""
+  init, _, shardings = _plan(task, tx, batch_size, mesh, rng)
   with partition.activate(mesh):
-    abstract = jax.eval_shape(init, rng)
-    shardings = partition.logical_shardings(abstract, mesh)
     state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
   return state, shardings
 
@@ -35,10 +37,7 @@ def create_state(task, tx: optax.GradientTransformation, rng: jax.Array, batch_s
 def abstract_state(task, tx: optax.GradientTransformation, batch_size: int, mesh):
   """The train state's shapes, dtypes and shardings without computing it: a restore
   target that compiles nothing (initialising the model compiles its whole forward)."""
-  init = _initialiser(task, tx, batch_size)
-  with partition.activate(mesh):
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    shardings = partition.logical_shardings(abstract, mesh)
+  _, abstract, shardings = _plan(task, tx, batch_size, mesh, jax.random.key(0))
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       nn.meta.unbox(abstract), shardings)
 

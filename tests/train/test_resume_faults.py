@@ -268,15 +268,22 @@ def test_history_drops_a_torn_tail_and_refuses_a_torn_middle(tmp_path, capsys):
 # --- Ctrl-C -------------------------------------------------------------------------------
 
 
-def test_sigint_saves_exits_130_and_resumes_to_the_same_parameters(straight, data_dir, tmp_path,
-                                                                   wait_for):
-  workdir = tmp_path / "run"
+def _interrupted_after_step_2(sig, data_dir, workdir, wait_for):
+  """Runs the trainer until step 2's checkpoint is committed, then sends `sig`:
+  (exit code, stdout, stderr)."""
   proc = subprocess.Popen(_command(workdir, *FLAGS), cwd=ROOT, env=_env(data_dir),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   wait_for(workdir / "checkpoints" / "2" / "commit_success.txt", proc)
-  proc.send_signal(signal.SIGINT)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 130, err[-3000:]
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=300)
+  return proc.returncode, out, err
+
+
+def test_sigint_saves_exits_130_and_resumes_to_the_same_parameters(straight, data_dir, tmp_path,
+                                                                   wait_for):
+  workdir = tmp_path / "run"
+  code, _, err = _interrupted_after_step_2(signal.SIGINT, data_dir, workdir, wait_for)
+  assert code == 130, err[-3000:]
   assert "Traceback" not in err and "KeyboardInterrupt" not in err
   assert _errors(err) == []  # said like SIGTERM's line, not as an error
   assert err.splitlines()[-1] == (f"SIGINT: saved step {_params(workdir)[0]} to "
@@ -291,13 +298,9 @@ def test_sigint_saves_exits_130_and_resumes_to_the_same_parameters(straight, dat
 def test_killed_or_stopped_run_resumes_to_the_same_parameters_and_time(sig, straight, data_dir,
                                                                        tmp_path, wait_for):
   workdir = tmp_path / "run"
-  proc = subprocess.Popen(_command(workdir, *FLAGS), cwd=ROOT, env=_env(data_dir),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  wait_for(workdir / "checkpoints" / "2" / "commit_success.txt", proc)
-  proc.send_signal(sig)
-  out, _ = proc.communicate(timeout=300)
+  code, out, _ = _interrupted_after_step_2(sig, data_dir, workdir, wait_for)
   if sig == signal.SIGTERM:
-    assert proc.returncode == 0 and "SIGTERM: saved step" in out
+    assert code == 0 and "SIGTERM: saved step" in out
   assert not (workdir / "result.json").exists()
   # The first attempt's times, moved 1000 s later: the resumed run's total must carry them over.
   metrics = workdir / "metrics.jsonl"
@@ -310,6 +313,7 @@ def test_killed_or_stopped_run_resumes_to_the_same_parameters_and_time(sig, stra
   resumed = _run(data_dir, workdir)
   seconds = time.perf_counter() - started
   assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resumed from" in resumed.stdout
   step = int(re.search(r"resumed from \S+ at step (\d+)", resumed.stdout).group(1))
   before = max(r["elapsed_s"] for r in rows if r["split"] == "train" and r["step"] <= step)
   wall = json.loads((workdir / "result.json").read_text())["wall_time_s"]
