@@ -17,7 +17,9 @@ its life: a second sweep on the root is refused. A trial whose trainer is still
 running (its workdir lock held, e.g. after the sweep was killed) is waited for,
 never started twice. Exit code: 0 when every trial has finished, 1 when some
 failed or could not start, 2 for a bad sweep or a root in use, 130 when
-interrupted.
+interrupted. `--keep=DIR` copies each finished trial's result, metrics and config to DIR
+and restores them from there into a root without them (a fresh clone): commit DIR, and a
+sweep cut short on one machine goes on from it on another (launch/keep.py).
 Then: `python -m launch.report --root=<root>`.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ import sys
 import time
 
 from attention_jax.train import lock
-from launch import local, manifest as manifest_lib, slurm, trials as trials_lib
+from launch import keep, local, manifest as manifest_lib, slurm, trials as trials_lib
 
 TAIL_LINES = 20
 
@@ -45,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--max-parallel", type=int, default=1,
                  help="local: trials at once; a search on SLURM: jobs at once")
   p.add_argument("--seeds", type=int, default=0, help="repeat every trial with seeds 0..K-1")
+  p.add_argument("--keep", help="a directory to commit: each finished trial's result, metrics "
+                 "and config are copied there, and restored from there into a root that lacks "
+                 "them (launch/keep.py)")
   g = p.add_argument_group("search (the experiment's search_space(trial); see launch/search.py)")
   g.add_argument("--search", choices=("optuna",), help="search instead of the grid --sweep")
   g.add_argument("--trials", type=int, help="trials in the study, in all runs together")
@@ -99,6 +104,7 @@ class Sweep:
     # What the report needs from the experiment file, so that it never imports it.
     self.manifest.set(experiment=dict(described, recorded=manifest_lib.now()))
     self.started: dict[str, float] = {}
+    self.keep = getattr(args, "keep", None)  # --keep (a search has none)
 
   def workdir(self, name: str) -> str:
     return os.path.join(self.root, name)
@@ -117,6 +123,8 @@ class Sweep:
                     command=trial.command(self.args.config, workdir))
       if os.path.exists(self.result_path(trial.name)):
         self.manifest.update(trial.name, status="done", **fields)
+        if self.keep:  # finished by a sweep without --keep, or on SLURM
+          keep.save(self.keep, self.root, trial.name)
         print(f"skip  {trial.name}: finished", flush=True)
       else:
         fields["status"] = self.status_left(record.get("status", "pending"), workdir)
@@ -160,6 +168,8 @@ class Sweep:
     result = read_result(self.result_path(name))
     if result is not None:
       self.manifest.update(name, status="done", exit_code=code, ended=manifest_lib.now())
+      if self.keep:
+        keep.save(self.keep, self.root, name)
       print(f"done  {name} in {seconds:.0f}s: {_headline(result)} {self.count_line()}", flush=True)
     elif local.refused(code, log):  # another process held its workdir: not a failure to retry
       self.manifest.update(name, status="busy", exit_code=code, ended=manifest_lib.now(),
@@ -247,6 +257,9 @@ def run(args, trials, described: dict) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if args.keep:
+    for name in keep.restore(args.keep, sweep.root, [t.name for t in trials]):
+      print(f"kept  {name}: restored from {args.keep}", flush=True)
   todo = sweep.register()
   print(f"sweep {args.config} --sweep={args.sweep}: {len(trials)} trials, {len(todo)} to run "
         f"({args.backend}) {sweep.count_line()}", flush=True)
@@ -274,6 +287,10 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
   if args.max_parallel < 1:
     print(f"error: --max-parallel must be at least 1, got {args.max_parallel}", file=sys.stderr)
+    return 2
+  if args.search and args.keep:
+    print("error: --keep is for grid sweeps: a search's state is its Optuna study, in the root",
+          file=sys.stderr)
     return 2
   if args.search:
     from launch import search  # pylint: disable=g-import-not-at-top  # it imports this module

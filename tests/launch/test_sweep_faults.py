@@ -218,3 +218,10 @@ def test_report_of_an_old_root_names_how_to_record_references(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert not marker.exists()
   assert report.UNRECORDED in proc.stdout and "Evil" not in proc.stdout
+
+
+def test_keep_is_refused_for_a_search(tmp_path, capsys):
+  code = sweep_lib.main([f"--config={SPEC}", f"--root={tmp_path / 'r'}", "--search=optuna",
+                         "--trials=2", f"--keep={tmp_path / 'k'}"])
+  assert code == 2 and "--keep is for grid sweeps" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "r") and not os.path.exists(tmp_path / "k")

@@ -42,8 +42,8 @@ def _files(trial_dir):
 
 
 def test_sweep_isolates_failure_reruns_skip_and_report_matches(data_dir, tmp_path):
-  root = tmp_path / "sweep"
-  first = _sweep(data_dir, f"--root={root}", "--max-parallel=2")
+  root, kept = tmp_path / "sweep", tmp_path / "kept"
+  first = _sweep(data_dir, f"--root={root}", "--max-parallel=2", f"--keep={kept}")
   assert first.returncode == 1, first.stdout + first.stderr  # one trial failed
   manifest = json.loads((root / "sweep.json").read_text())
   status = {name: t["status"] for name, t in manifest["trials"].items()}
@@ -86,6 +86,18 @@ def test_sweep_isolates_failure_reruns_skip_and_report_matches(data_dir, tmp_pat
   assert "attention=bogus (failed, exit 2)" in done["markdown"]
   for path in done["figures"]:
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+  # --keep: the finished trials' files, and a fresh root that starts from them (a new clone).
+  assert sorted(os.listdir(kept)) == sorted(finished)
+  for name in finished:
+    for f in ("config.json", "metrics.jsonl", "result.json"):
+      assert (kept / name / f).read_bytes() == (root / name / f).read_bytes()
+  fresh = tmp_path / "fresh"
+  again = _sweep(data_dir, f"--root={fresh}", f"--keep={kept}")
+  assert again.returncode == 1  # the bogus trial still fails: it is the only one that ran
+  assert again.stdout.count("kept  ") == 3 and again.stdout.count("start ") == 1
+  assert not (fresh / "attention=none" / "checkpoints").exists()
+  assert report.report(str(fresh))["markdown"] == done["markdown"]
 
 
 def test_report_means_and_stds_over_seeds(tmp_path):
