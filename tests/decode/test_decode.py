@@ -157,25 +157,27 @@ def test_greedy_and_beam_on_models_are_consistent_with_teacher_forcing(kind):
   model = MODELS[kind]()
   inputs = jnp.array([[3, 4, 5, 6], [7, 8, 0, 0]])
   lengths = jnp.array([4, 2])
-  variables = model.init(jax.random.key(0), inputs, lengths, inputs)
-  encoded = model.apply(variables, inputs, lengths, method=model.encode)
-  state = model.apply(variables, encoded, lengths, method=model.init_decode_state)
+  # Each model call is jitted: eagerly, every op would be compiled on its own.
+  variables = jax.jit(model.init)(jax.random.key(0), inputs, lengths, inputs)
+  state = jax.jit(lambda v: model.apply(v, model.apply(v, inputs, lengths, method=model.encode),
+                                        lengths, method=model.init_decode_state))(variables)
   step = lambda s, t: model.apply(variables, s, t, method=model.decode_step)
+  forward = jax.jit(lambda targets: model.apply(variables, inputs, lengths, targets))
   out = jax.jit(lambda s: greedy(step, s, 2, bos_id=BOS, eos_id=EOS, max_len=10))(state)
   targets_in = jnp.concatenate([jnp.full((2, 1), BOS), out[:, :-1]], axis=1)
-  argmax = jnp.argmax(model.apply(variables, inputs, lengths, targets_in), axis=-1)
+  argmax = jnp.argmax(forward(targets_in), axis=-1)
   length = lambda seq: int(np.argmax(seq == EOS)) + 1 if (seq == EOS).any() else len(seq)
   for b in range(2):
     n = length(np.asarray(out[b]))
     np.testing.assert_array_equal(argmax[b, :n], out[b, :n])
-  beam1, _ = beam_search(step, state, 2, beam_size=1, bos_id=BOS, eos_id=EOS, max_len=10,
-                         alpha=0.0)
+  beam1, _ = jax.jit(lambda s: beam_search(step, s, 2, beam_size=1, bos_id=BOS, eos_id=EOS,
+                                           max_len=10, alpha=0.0))(state)
   np.testing.assert_array_equal(beam1[:, 0], out)
   seqs, scores = jax.jit(lambda s: beam_search(step, s, 2, beam_size=3, bos_id=BOS, eos_id=EOS,
                                                max_len=6, alpha=0.6))(state)
   for beam in range(3):
     targets_in = jnp.concatenate([jnp.full((2, 1), BOS), seqs[:, beam, :-1]], axis=1)
-    logp = jax.nn.log_softmax(model.apply(variables, inputs, lengths, targets_in))
+    logp = jax.nn.log_softmax(forward(targets_in))
     for b in range(2):
       seq = np.asarray(seqs[b, beam])
       n = length(seq)

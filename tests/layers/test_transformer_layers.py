@@ -119,14 +119,16 @@ def test_scanned_layers_equal_unscanned_with_the_same_weights(weighted):
   block = dict(BLOCK, causal=True, weighted=weighted)
   loop = TransformerStack(num_layers=3, block=block)
   scan = TransformerStack(num_layers=3, block=block, scan_layers=True, remat=True)
-  variables = _perturbed(loop.init(jax.random.key(0), x))
+  # Jitted: eagerly, every op of the stack and its gradient would be compiled on its own.
+  variables = _perturbed(jax.jit(loop.init)(jax.random.key(0), x))
   scanned = _stack_params_like_scan(variables, 3)
   assert jax.tree.structure(scanned) == jax.tree.structure(
-      nn.meta.unbox(scan.init(jax.random.key(0), x)))
+      nn.meta.unbox(jax.eval_shape(scan.init, jax.random.key(0), x)))
   loss = lambda m, v: jnp.sum(m.apply(v, x)[0] ** 2)
-  np.testing.assert_allclose(scan.apply(scanned, x)[0], loop.apply(variables, x)[0], atol=1e-5)
-  g_loop = _stack_params_like_scan(jax.grad(lambda v: loss(loop, v))(variables), 3)
-  g_scan = jax.grad(lambda v: loss(scan, v))(scanned)
+  forward = lambda m, v: jax.jit(m.apply)(v, x)[0]
+  np.testing.assert_allclose(forward(scan, scanned), forward(loop, variables), atol=1e-5)
+  g_loop = _stack_params_like_scan(jax.jit(jax.grad(lambda v: loss(loop, v)))(variables), 3)
+  g_scan = jax.jit(jax.grad(lambda v: loss(scan, v)))(scanned)
   for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g_loop)):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 

@@ -32,10 +32,11 @@ def test_every_model_builds_from_a_config_and_runs(name):
   args = (targets_in,) if name == "lm" else (inputs, lengths, targets_in)
   if name == "speech" or name.startswith("image"):  # frames or columns [batch, n, 6]
     args = (jnp.ones((2, 9, 6)), jnp.array([9, 5]), targets_in)
-  variables = model.init(jax.random.key(0), *args)
-  logits = model.apply(variables, *args)
+  variables = jax.jit(model.init)(jax.random.key(0), *args)  # eagerly: one compile per op
+  logits = jax.jit(model.apply)(variables, *args)
   if name == "speech":
-    assert model.apply(variables, *args, heads=("ctc",))["ctc"].shape == (2, 3, 9)
+    ctc = jax.jit(lambda v: model.apply(v, *args, heads=("ctc",)))(variables)
+    assert ctc["ctc"].shape == (2, 3, 9)
     logits = logits["attention"]
   assert logits.shape == (2, 3, 9) and logits.dtype == jnp.float32
   assert np.isfinite(logits).all()

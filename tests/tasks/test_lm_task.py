@@ -51,10 +51,11 @@ def test_greedy_continuation_equals_full_forward_argmax():
   prompt_len, steps = 3, 6
   ids = np.asarray(task.predict(params, batch, method="greedy", max_len=steps,
                                 prompt_len=prompt_len))
+  forward = jax.jit(task.model.apply)  # one compile per prefix length, not one per op
   for row in range(batch["inputs"].shape[0]):
     seq = list(batch["inputs"][row, :prompt_len])
     for t in range(steps):  # re-run the whole prefix each time: no cache involved
-      logits = task.model.apply({"params": params}, np.asarray([seq], np.int32))
+      logits = forward({"params": params}, np.asarray([seq], np.int32))
       nxt = int(np.argmax(logits[0, -1]))
       assert ids[row, t] == nxt, (row, t)
       if nxt == 2:  # EOS ends the continuation; pads follow
