@@ -38,8 +38,8 @@ from attention_jax.evaluate.metrics import HIGHER_IS_BETTER  # the trainer's bes
 from attention_jax.train import provenance
 from launch import manifest as manifest_lib
 
-PERCENT = ("wer", "per", "wer_no_stress", "per_no_stress", "accuracy", "sequence_accuracy",
-           "token_error_rate")
+PERCENT = ("wer", "per", "cer", "wer_no_stress", "per_no_stress", "accuracy",
+           "sequence_accuracy", "token_error_rate")
 
 
 UNRECORDED = ("Published numbers: not recorded in sweep.json (a sweep from before they were); "

@@ -57,7 +57,8 @@ def test_bias_and_its_gradient(bias_shape, btnh_inputs):
   def grads(impl):
     f = lambda q, k, v, bias: jnp.sum(core.dot_product_attention(
         q, k, v, bias=bias, is_causal=True, implementation=impl, block_q=4, block_k=2) * cot)
-    return jax.grad(f, argnums=(0, 1, 2, 3))(q, k, v, bias)
+    # Jitted, as below: eagerly, every op would be compiled on its own.
+    return jax.jit(jax.grad(f, argnums=(0, 1, 2, 3)))(q, k, v, bias)
 
   for g, w, name in zip(grads("blockwise"), grads("reference"), ["q", "k", "v", "bias"]):
     assert g.shape == w.shape
@@ -78,18 +79,19 @@ def test_causal_tiles_above_the_diagonal_are_never_computed(btnh_inputs):
   def f(q):
     return blockwise.blockwise_attention(q, k, v, is_causal=True, block_q=block, block_k=block)
 
-  out = f(q)
+  out = jax.jit(f)(q)
   assert np.isfinite(out[:, :-block]).all()
   assert np.isnan(out[:, -block:]).all()
-  dq = jax.grad(lambda q: jnp.sum(f(q) * cot))(q)
+  dq = jax.jit(jax.grad(lambda q: jnp.sum(f(q) * cot)))(q)
   assert np.isfinite(dq[:, :-block]).all()
 
 
 def test_default_blocks_clip_to_short_sequences(btnh_inputs):
   q, k, v, _ = btnh_inputs(4, 7, 5, 2, 1)
   np.testing.assert_allclose(
-      blockwise.blockwise_attention(q, k, v),
-      core.dot_product_attention(q, k, v, implementation="reference"), atol=1e-6)
+      jax.jit(blockwise.blockwise_attention)(q, k, v),
+      jax.jit(lambda *a: core.dot_product_attention(*a, implementation="reference"))(q, k, v),
+      atol=1e-6)
 
 
 def test_bad_mask_shape_and_block_size_are_named(btnh_inputs):

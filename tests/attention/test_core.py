@@ -84,8 +84,9 @@ def test_dot_product_attention_matches_numpy(implementation, case):
   rng = np.random.default_rng(1)
   q, k, v = _inputs(rng)
   kw = _case(case, rng)
-  got = core.dot_product_attention(q, k, v, implementation=implementation,
-                                   block_q=2, block_k=3, **kw)
+  # Jitted, as elsewhere here: eagerly, every op would be compiled on its own.
+  got = jax.jit(lambda q, k, v: core.dot_product_attention(
+      q, k, v, implementation=implementation, block_q=2, block_k=3, **kw))(q, k, v)
   want = _np_attention(q, k, v, kw.get("mask"), kw.get("bias"), kw.get("is_causal", False),
                        kw.get("scale"))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
@@ -103,8 +104,8 @@ def test_gradients_match_reference(implementation):
     return lambda q, k, v, bias: jnp.sum(core.dot_product_attention(
         q, k, v, bias=bias, implementation=impl, block_q=2, block_k=3, **kw) * cot)
 
-  want = jax.grad(loss("reference"), argnums=(0, 1, 2, 3))(q, k, v, bias)
-  got = jax.grad(loss(implementation), argnums=(0, 1, 2, 3))(q, k, v, bias)
+  want = jax.jit(jax.grad(loss("reference"), argnums=(0, 1, 2, 3)))(q, k, v, bias)
+  got = jax.jit(jax.grad(loss(implementation), argnums=(0, 1, 2, 3)))(q, k, v, bias)
   for g, w, name in zip(got, want, ["query", "key", "value", "bias"]):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"d/d {name}")
 
@@ -122,7 +123,7 @@ def test_causality_by_gradients(implementation):
     return core.dot_product_attention(q, k, v, is_causal=True, implementation=implementation,
                                       block_q=2, block_k=2)
 
-  jac = jax.jacrev(self_attention)(x)[0, :, :, :, 0]  # [t, n, h, t, d]
+  jac = jax.jit(jax.jacrev(self_attention))(x)[0, :, :, :, 0]  # [t, n, h, t, d]
   dependence = np.abs(np.asarray(jac)).sum(axis=(1, 2, 4))  # [output t, input t]
   future = np.triu(np.ones((t, t), bool), k=1)
   np.testing.assert_array_equal(dependence[future], 0.0)
@@ -140,10 +141,10 @@ def test_fully_masked_queries_give_zeros_and_finite_gradients(implementation):
     return core.dot_product_attention(q, k, v, mask=mask, implementation=implementation,
                                       block_q=2, block_k=3)
 
-  out = f(q, k, v)
+  out = jax.jit(f)(q, k, v)
   np.testing.assert_array_equal(np.asarray(out)[~np.asarray(q_valid)], 0.0)
   np.testing.assert_allclose(out, _np_attention(q, k, v, mask), rtol=1e-5, atol=2e-6)
-  grads = jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=(0, 1, 2))(q, k, v)
+  grads = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=(0, 1, 2)))(q, k, v)
   for g in grads:
     assert np.isfinite(g).all()
   np.testing.assert_array_equal(np.asarray(grads[0])[~np.asarray(q_valid)], 0.0)
@@ -154,11 +155,12 @@ def test_bfloat16_inputs_keep_dtype_and_softmax_in_float32():
   q, k, v = _inputs(rng)
   q16, k16, v16 = (jnp.asarray(a, jnp.bfloat16) for a in (q, k, v))
   for impl in CPU_IMPLEMENTATIONS:
-    out = core.dot_product_attention(q16, k16, v16, is_causal=True, implementation=impl)
+    out = jax.jit(lambda *a: core.dot_product_attention(*a, is_causal=True,
+                                                        implementation=impl))(q16, k16, v16)
     assert out.dtype == jnp.bfloat16
     want = _np_attention(*(np.asarray(a, np.float32) for a in (q16, k16, v16)), causal=True)
     np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=3e-2, err_msg=impl)
-  weights = core.dot_product_attention_weights(q16, k16)
+  weights = jax.jit(core.dot_product_attention_weights)(q16, k16)
   assert weights.dtype == jnp.float32
   np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
 
@@ -186,7 +188,7 @@ def test_cudnn_without_a_gpu_says_so():
 def test_weights_match_reference_output():
   rng = np.random.default_rng(7)
   q, k, v = _inputs(rng, kh=4)
-  weights = core.dot_product_attention_weights(q, k, is_causal=True)
+  weights = jax.jit(lambda q, k: core.dot_product_attention_weights(q, k, is_causal=True))(q, k)
   np.testing.assert_allclose(np.einsum("bnts,bsnh->btnh", weights, v),
                              _np_attention(q, k, v, causal=True), rtol=1e-5, atol=2e-6)
 

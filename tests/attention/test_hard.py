@@ -13,7 +13,9 @@ PROBS = np.exp(SCORES) / np.exp(SCORES).sum()
 def _sample_indices(num, mask=None, seed=0):
   keys = jax.random.split(jax.random.key(seed), num)
   values = jnp.eye(4)
-  sample = jax.vmap(lambda r: hard.hard_attend(r, jnp.float32(SCORES[None]), values, mask))
+  # Jitted, as elsewhere here: eagerly, every op would be compiled on its own.
+  sample = jax.jit(jax.vmap(lambda r: hard.hard_attend(r, jnp.float32(SCORES[None]), values,
+                                                       mask)))
   return np.asarray(sample(keys).index[:, 0])
 
 
@@ -34,7 +36,8 @@ def test_argmax_without_rng_returns_value_and_log_prob():
   rng = np.random.default_rng(0)
   values = rng.normal(size=(2, 4, 3))
   scores = rng.normal(size=(2, 5, 4))
-  out = hard.hard_attend(None, jnp.float32(scores), jnp.float32(values))
+  out = jax.jit(lambda s, v: hard.hard_attend(None, s, v))(jnp.float32(scores),
+                                                          jnp.float32(values))
   idx = scores.argmax(-1)
   np.testing.assert_array_equal(out.index, idx)
   np.testing.assert_allclose(out.context, np.take_along_axis(values, idx[..., None], axis=1),
@@ -54,7 +57,7 @@ def test_fully_masked_rows_give_zero_context_and_finite_gradients():
     out = hard.hard_attend(jax.random.key(1), scores, values, mask)
     return jnp.sum(out.context) + jnp.sum(out.log_prob), out
 
-  (_, out), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(scores, values)
+  (_, out), grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(scores, values)
   np.testing.assert_array_equal(out.context[1], 0.0)
   assert out.log_prob[1] == 0.0
   for g in grads:
@@ -64,8 +67,8 @@ def test_fully_masked_rows_give_zero_context_and_finite_gradients():
 
 def test_context_gradient_reaches_only_the_selected_value():
   values = jnp.float32(np.random.default_rng(2).normal(size=(4, 3)))
-  out, grad = jax.value_and_grad(
-      lambda v: jnp.sum(hard.hard_attend(None, jnp.float32(SCORES[None]), v).context))(values)
+  out, grad = jax.jit(jax.value_and_grad(
+      lambda v: jnp.sum(hard.hard_attend(None, jnp.float32(SCORES[None]), v).context)))(values)
   want = np.zeros((4, 3))
   want[SCORES.argmax()] = 1.0
   np.testing.assert_array_equal(grad, want)
@@ -81,7 +84,7 @@ def _per_sample_gradients(baseline, num=20000):
       reward = jnp.asarray(REWARD)[out.index[0]]
       return hard.reinforce_surrogate(out.log_prob[0], reward, baseline)
     return -jax.grad(loss)(jnp.float32(SCORES))  # the estimate of d E[R] / d theta
-  return np.asarray(jax.vmap(surrogate_grad)(jax.random.split(jax.random.key(7), num)))
+  return np.asarray(jax.jit(jax.vmap(surrogate_grad))(jax.random.split(jax.random.key(7), num)))
 
 
 @pytest.mark.parametrize("baseline", [0.0, float(PROBS @ REWARD)])
@@ -115,18 +118,19 @@ def test_gumbel_estimator_draws_the_same_sample_and_differentiates_the_relaxatio
   rng, tau = jax.random.key(4), 0.5
   values = np.random.default_rng(3).normal(size=(4, 3))
   c = np.array([0.5, -1.0, 2.0])
-  plain = hard.hard_attend(rng, jnp.float32(SCORES[None]), jnp.float32(values))
+  plain, out = jax.jit(lambda s, v: (hard.hard_attend(rng, s, v), hard.hard_attend(
+      rng, s, v, estimator="gumbel", temperature=tau)))(jnp.float32(SCORES[None]),
+                                                         jnp.float32(values))
   f = lambda theta, v: jnp.sum(
       hard.hard_attend(rng, theta[None], v, estimator="gumbel", temperature=tau).context[0] * c)
-  out = hard.hard_attend(rng, jnp.float32(SCORES[None]), jnp.float32(values),
-                         estimator="gumbel", temperature=tau)
   assert int(out.index[0]) == int(plain.index[0])
   np.testing.assert_allclose(out.context, plain.context, rtol=1e-6, atol=1e-7)
   g = np.asarray(jax.random.gumbel(rng, (1, 4), jnp.float32))[0]
   y = np.exp((SCORES + g) / tau - ((SCORES + g) / tau).max())
   y /= y.sum()
   jacobian = (np.diag(y) - np.outer(y, y)) / tau  # dy / d theta
-  d_theta, d_values = jax.grad(f, argnums=(0, 1))(jnp.float32(SCORES), jnp.float32(values))
+  d_theta, d_values = jax.jit(jax.grad(f, argnums=(0, 1)))(jnp.float32(SCORES),
+                                                           jnp.float32(values))
   np.testing.assert_allclose(d_theta, jacobian.T @ (values @ c), rtol=1e-4, atol=1e-6)
   want = np.zeros((4, 3))
   want[int(plain.index[0])] = c  # the values see the one-hot, as with REINFORCE
@@ -136,12 +140,12 @@ def test_gumbel_estimator_draws_the_same_sample_and_differentiates_the_relaxatio
 def test_gumbel_estimator_keeps_masked_positions_out():
   mask = jnp.array([[True, False, False, True]])
   theta = jnp.float32(SCORES)
-  grad = jax.grad(lambda t: jnp.sum(hard.hard_attend(
-      jax.random.key(0), t[None], jnp.eye(4), mask, estimator="gumbel").context))(theta)
+  grad = jax.jit(jax.grad(lambda t: jnp.sum(hard.hard_attend(
+      jax.random.key(0), t[None], jnp.eye(4), mask, estimator="gumbel").context)))(theta)
   assert grad[1] == grad[2] == 0.0 and np.any(np.asarray(grad) != 0)
   keys = jax.random.split(jax.random.key(5), 2000)
-  index = jax.vmap(lambda r: hard.hard_attend(r, theta[None], jnp.eye(4), mask,
-                                              estimator="gumbel").index[0])(keys)
+  index = jax.jit(jax.vmap(lambda r: hard.hard_attend(r, theta[None], jnp.eye(4), mask,
+                                                      estimator="gumbel").index[0]))(keys)
   assert set(np.unique(np.asarray(index))) == {0, 3}
 
 

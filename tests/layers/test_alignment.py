@@ -70,7 +70,8 @@ NP_SCORES = {
 
 
 def _init_apply(module, *args, rngs=None, **kwargs):
-  variables = module.init(jax.random.key(0), *args, **kwargs)
+  # Jitted, as are the other layer calls here: eagerly, every op would be compiled on its own.
+  variables = jax.jit(lambda key, *a: module.init(key, *a, **kwargs))(jax.random.key(0), *args)
   out = jax.jit(lambda v, *a: module.apply(v, *a, rngs=rngs, **kwargs))(variables, *args)
   params = jax.tree.map(np.asarray, nn.unbox(variables).get("params", {}))
   return out, params, variables
@@ -103,11 +104,12 @@ def test_soft_attention_matches_pure_function_and_numpy(name):
 def test_query_axis_equals_one_query_at_a_time():
   q, k, v = _inputs(1)
   module = Alignment(score="additive")
-  variables = module.init(jax.random.key(0), q, k, v, MASK)
+  variables = jax.jit(module.init)(jax.random.key(0), q, k, v, MASK)
   q2 = np.stack([q, -q], axis=1)  # [batch, 2, d]
-  both = module.apply(variables, q2, k, v, MASK)
+  apply = jax.jit(module.apply)
+  both = apply(variables, q2, k, v, MASK)
   for i in range(2):
-    one = module.apply(variables, q2[:, i], k, v, MASK)
+    one = apply(variables, q2[:, i], k, v, MASK)
     np.testing.assert_allclose(both.context[:, i], one.context, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(both.weights[:, i], one.weights, rtol=1e-6, atol=1e-7)
 
@@ -118,8 +120,9 @@ def test_keys_projected_once_give_the_same_attention(score):
   q, k, v = _inputs(4)
   module = Alignment(score=score, attention_dim=7, conv_width=3)
   kw = {"previous": PREVIOUS} if score == "location_aware" else {}
-  variables = nn.meta.unbox(module.init(jax.random.key(0), q, k, v, MASK, **kw))
-  projected = module.apply(variables, k, method=module.project_keys)
+  variables = nn.meta.unbox(jax.jit(lambda key: module.init(key, q, k, v, MASK, **kw))(
+      jax.random.key(0)))
+  projected = jax.jit(lambda v: module.apply(v, k, method=module.project_keys))(variables)
   if score == "general":
     assert projected is None  # only additive and location_aware have a key-only half
     return
@@ -129,8 +132,10 @@ def test_keys_projected_once_give_the_same_attention(score):
     keys = module.apply(params, k, method=module.project_keys) if hoisted else None
     return jnp.sum(module.apply(params, q, k, v, MASK, projected_keys=keys, **kw).context ** 2)
 
-  np.testing.assert_allclose(context(variables, True), context(variables, False), rtol=1e-6)
-  grads = [jax.grad(context)(variables, hoisted)["params"] for hoisted in (True, False)]
+  np.testing.assert_allclose(*(jax.jit(context, static_argnums=1)(variables, hoisted)
+                               for hoisted in (True, False)), rtol=1e-6)
+  grads = [jax.jit(jax.grad(context), static_argnums=1)(variables, hoisted)["params"]
+           for hoisted in (True, False)]
   for name in grads[0]:
     np.testing.assert_allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7,
                                err_msg=name)
@@ -138,7 +143,8 @@ def test_keys_projected_once_give_the_same_attention(score):
 
 def test_parameters_carry_logical_axes():
   q, k, v = _inputs()
-  variables = Alignment(score="additive", kind="local").init(jax.random.key(0), q, k, v, MASK)
+  variables = jax.eval_shape(Alignment(score="additive", kind="local").init, jax.random.key(0),
+                             q, k, v, MASK)
   spec = nn.get_partition_spec(variables)["params"]
   assert spec["w_q"] == jax.sharding.PartitionSpec("hidden", "attention")
   assert spec["w_k"] == jax.sharding.PartitionSpec("memory", "attention")
@@ -166,7 +172,7 @@ def test_local_p_matches_numpy_formula(window):
   # The predicted position learns through the Gaussian.
   def loss(params):
     return jnp.sum(module.apply({"params": params}, q, k, v, MASK).context ** 2)
-  grads = jax.grad(loss)(nn.unbox(variables)["params"])
+  grads = jax.jit(jax.grad(loss))(nn.unbox(variables)["params"])
   assert np.all(np.isfinite(grads["v_p"])) and np.abs(grads["v_p"]).max() > 0
 
 
@@ -188,7 +194,7 @@ def test_hard_attention_samples_with_the_sample_rng():
   q, k, v = _inputs(4)
   q = q * 0.1  # flat weights: samples spread over the real positions
   module = Alignment(score="general", kind="hard")
-  variables = module.init(jax.random.key(0), q, k, v, MASK)
+  variables = jax.jit(module.init)(jax.random.key(0), q, k, v, MASK)
   with pytest.raises(Exception, match="sample"):  # training mode needs an rng
     module.apply(variables, q, k, v, MASK, deterministic=False)
 
@@ -204,9 +210,9 @@ def test_hard_attention_samples_with_the_sample_rng():
 
   # The context carries no gradient to the scores; log_prob does (REINFORCE).
   params = nn.unbox(variables)["params"]
-  grad = lambda f: jax.grad(lambda p: jnp.sum(f(module.apply(
+  grad = lambda f: jax.jit(jax.grad(lambda p: jnp.sum(f(module.apply(
       {"params": p}, q, k, v, MASK, deterministic=False,
-      rngs={"sample": jax.random.key(2)}))))(params)["w"]
+      rngs={"sample": jax.random.key(2)})))))(params)["w"]
   assert np.all(grad(lambda o: o.context) == 0.0)
   assert np.abs(grad(lambda o: o.log_prob)).max() > 0
 
@@ -251,7 +257,8 @@ def test_location_aware_scores_feed_every_kind(kind):
 def test_location_aware_parameters_and_missing_previous():
   q, k, v = _inputs()
   module = Alignment(score="location_aware")
-  variables = module.init(jax.random.key(0), q, k, v, MASK, previous=PREVIOUS)
+  variables = jax.jit(lambda key: module.init(key, q, k, v, MASK, previous=PREVIOUS))(
+      jax.random.key(0))
   spec = nn.get_partition_spec(variables)["params"]
   assert spec["filters"] == jax.sharding.PartitionSpec("conv_width", "conv_filters")
   assert spec["w_f"] == jax.sharding.PartitionSpec("conv_filters", "attention")

@@ -1,4 +1,6 @@
 """MultiHeadAttention against a NumPy version of the formula with the same weights."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,7 +36,9 @@ def _data(seed=0):
   return jnp.float32(rng.normal(size=(B, T, D))), jnp.float32(rng.normal(size=(B, S, D)))
 
 
+@functools.partial(jax.jit, static_argnums=0, static_argnames="is_causal")
 def _init(module, *args, **kwargs):
+  # Jitted, as are the layer calls below: eagerly, every op would be compiled on its own.
   variables = module.init(jax.random.key(0), *args, **kwargs)
   # Biases start at zero; random ones make the comparison check them too.
   return jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape),
@@ -50,7 +54,7 @@ def test_cross_attention_matches_numpy(heads, kv_heads, implementation):
   mha = MultiHeadAttention(num_heads=heads, head_dim=3, num_kv_heads=kv_heads,
                            implementation=implementation)
   variables = _init(mha, x, y, mask)
-  out, cache = mha.apply(variables, x, y, mask)
+  out, cache = jax.jit(mha.apply)(variables, x, y, mask)
   assert cache is None and out.shape == (B, T, D)
   np.testing.assert_allclose(out, _np_mha(variables["params"], x, y, heads, kv_heads,
                                           np.asarray(mask)), rtol=1e-5, atol=1e-5)
@@ -60,8 +64,9 @@ def test_causal_self_attention_matches_numpy_and_sows_weights():
   x, _ = _data(1)
   mha = MultiHeadAttention(num_heads=3, head_dim=4, implementation="blockwise")
   variables = _init(mha, x, is_causal=True)
-  plain, _ = mha.apply(variables, x, is_causal=True)
-  (out, _), state = mha.apply(variables, x, is_causal=True, mutable=["intermediates"])
+  plain, _ = jax.jit(lambda v: mha.apply(v, x, is_causal=True))(variables)
+  (out, _), state = jax.jit(lambda v: mha.apply(v, x, is_causal=True,
+                                                mutable=["intermediates"]))(variables)
   np.testing.assert_array_equal(out, plain)  # sowing changes no number
   causal = np.asarray(masks.causal_mask(T))
   np.testing.assert_allclose(out, _np_mha(variables["params"], x, x, 3, 3, causal),
@@ -80,11 +85,12 @@ def test_cached_decoding_equals_full_forward(chunk, kv_heads):
   x = x[:, :1].repeat(t, axis=1) + jnp.arange(t)[None, :, None] * 0.1
   mha = MultiHeadAttention(num_heads=4, head_dim=3, num_kv_heads=kv_heads)
   variables = _init(mha, x, is_causal=True)
-  full, _ = mha.apply(variables, x, is_causal=True)
+  full, _ = jax.jit(lambda v: mha.apply(v, x, is_causal=True))(variables)
   cache = mha.init_cache(B, max_len=8)
+  step = jax.jit(lambda x, cache: mha.apply(variables, x, is_causal=True, cache=cache))
   outs = []
   for start in range(0, t, chunk):
-    out, cache = mha.apply(variables, x[:, start:start + chunk], is_causal=True, cache=cache)
+    out, cache = step(x[:, start:start + chunk], cache)
     outs.append(out)
   np.testing.assert_array_equal(cache.index, [t, t])
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5, rtol=1e-5)
@@ -95,16 +101,17 @@ def test_cache_with_per_sequence_positions():
   x, _ = _data(3)
   mha = MultiHeadAttention(num_heads=2, head_dim=3)
   variables = _init(mha, x, is_causal=True)
-  full, _ = mha.apply(variables, x, is_causal=True)
+  apply = jax.jit(lambda x, cache=None: mha.apply(variables, x, is_causal=True, cache=cache))
+  full, _ = apply(x)
   cache = mha.init_cache(B, max_len=T)
   cache, outs = cache, {}
   # Sequence 0 gets 3 tokens in one call, sequence 1 two; then one token each.
   cache = cache._replace(index=jnp.array([0, 0]))
-  out, cache = mha.apply(variables, x[:, :3], is_causal=True, cache=cache)
+  out, cache = apply(x[:, :3], cache)
   np.testing.assert_allclose(out, full[:, :3], atol=1e-5)
   cache = cache._replace(index=jnp.array([3, 2]))  # sequence 1 rewinds one step
   step = jnp.stack([x[0, 3], x[1, 2]])[:, None]
-  out, cache = mha.apply(variables, step, is_causal=True, cache=cache)
+  out, cache = apply(step, cache)
   np.testing.assert_allclose(out[:, 0], jnp.stack([full[0, 3], full[1, 2]]), atol=1e-5)
 
 
@@ -112,7 +119,7 @@ def test_causality_by_gradients():
   x, _ = _data(4)
   mha = MultiHeadAttention(num_heads=2, head_dim=4)
   variables = _init(mha, x, is_causal=True)
-  jac = jax.jacrev(lambda x: mha.apply(variables, x, is_causal=True)[0][0])(x)  # [T, D, B, T, D]
+  jac = jax.jit(jax.jacrev(lambda x: mha.apply(variables, x, is_causal=True)[0][0]))(x)  # [T, D, B, T, D]
   dep = np.abs(np.asarray(jac[:, :, 0])).sum(axis=(1, 3))  # [output t, input t]
   future = np.triu(np.ones((T, T), bool), k=1)
   np.testing.assert_array_equal(dep[future], 0.0)
@@ -124,9 +131,9 @@ def test_dropout_on_weights_is_unbiased_and_off_when_deterministic():
   x, y = _data(5)
   mha = MultiHeadAttention(num_heads=2, head_dim=3, dropout_rate=0.5, implementation="blockwise")
   variables = _init(mha, x, y)
-  clean, _ = mha.apply(variables, x, y)
+  clean, _ = jax.jit(mha.apply)(variables, x, y)
   f = lambda r: mha.apply(variables, x, y, deterministic=False, rngs={"dropout": r})[0]
-  samples = jax.vmap(f)(jax.random.split(jax.random.key(3), 4000))
+  samples = jax.jit(jax.vmap(f))(jax.random.split(jax.random.key(3), 4000))
   assert not np.allclose(samples[0], clean)
   stderr = samples.std(0) / np.sqrt(len(samples))
   np.testing.assert_array_less(np.abs(samples.mean(0) - clean), 5 * stderr + 1e-6)
@@ -134,7 +141,8 @@ def test_dropout_on_weights_is_unbiased_and_off_when_deterministic():
 
 def test_parameters_carry_logical_axes():
   x, _ = _data()
-  variables = MultiHeadAttention(num_heads=2, head_dim=3).init(jax.random.key(0), x)
+  variables = jax.eval_shape(MultiHeadAttention(num_heads=2, head_dim=3).init,
+                             jax.random.key(0), x)
   specs = nn.get_partition_spec(variables)["params"]
   assert tuple(specs["query"]["kernel"]) == ("embed", "heads", "kv")
   assert tuple(specs["out"]["kernel"]) == ("heads", "kv", "embed")
@@ -157,15 +165,15 @@ def test_shared_row_cache_attends_to_each_hypothesis_own_history(kv_heads):
   owner_rows = rng.integers(0, k, size=(groups * k, t))
   mha = MultiHeadAttention(num_heads=4, head_dim=3, num_kv_heads=kv_heads)
   variables = _init(mha, rows_x, is_causal=True)
-  _, cache = mha.apply(variables, rows_x, is_causal=True, cache=mha.init_cache(groups * k, t + 2))
+  apply = jax.jit(lambda x, cache=None: mha.apply(variables, x, is_causal=True, cache=cache))
+  _, cache = apply(rows_x, mha.init_cache(groups * k, t + 2))
   owner = np.zeros((groups * k, t + 2, k), np.float32)
   owner[np.arange(groups * k)[:, None], np.arange(t), owner_rows] = 1.0
-  out, cache = mha.apply(variables, step_x, is_causal=True,
-                         cache=cache._replace(owner=jnp.asarray(owner)))
+  out, cache = apply(step_x, cache._replace(owner=jnp.asarray(owner)))
   np.testing.assert_array_equal(cache.owner[:, t], np.eye(k)[np.arange(groups * k) % k])
   for n in range(groups * k):
     group = n // k * k
     history = np.stack([rows_x[group + owner_rows[n, s], s] for s in range(t)])
     sequence = jnp.concatenate([jnp.asarray(history), step_x[n]], axis=0)[None]
-    full, _ = mha.apply(variables, sequence, is_causal=True)
+    full, _ = apply(sequence)
     np.testing.assert_allclose(out[n, 0], full[0, -1], rtol=1e-5, atol=1e-5)

@@ -90,7 +90,9 @@ def test_strip_padding_is_invisible_and_every_real_column_is_seen(kind):
 def test_attention_gives_padding_no_weight_and_real_positions_all_of_it():
   model, variables = _model("soft_gate")
   images, widths, targets_in = _data()
-  _, inter = model.apply(variables, images, widths, targets_in, mutable=["intermediates"])
+  # Jitted (as elsewhere in this file): eagerly, every op would be compiled on its own.
+  _, inter = jax.jit(lambda v: model.apply(v, images, widths, targets_in,
+                                           mutable=["intermediates"]))(variables)
   weights = np.asarray(inter["intermediates"]["attention_weights"][0])  # [B, T, W'*H']
   real = np.asarray(model.grid_lengths(widths))
   assert weights.shape[-1] == np.prod(model.grid_shape(W))
@@ -110,13 +112,19 @@ def test_sentinel_step_matches_numpy():
   model, variables = _model("adaptive")
   images, widths, targets_in = _data()
   p = jax.tree_util.tree_map(np.asarray, variables["params"])
-  encoded = model.apply(variables, images, widths, method=model.encode)
-  state = model.apply(variables, encoded, widths, method=model.init_decode_state)
   tokens = targets_in[:, 0]
-  (logits, new_state), inter = model.apply(variables, state, tokens, method=model.decode_step,
-                                           mutable=["intermediates"])
-  x_proj = np.asarray(model.apply(variables, tokens, True,
-                                  method=lambda m, t, d: m._embed_targets(t, d)))
+
+  @jax.jit
+  def first_step(variables):
+    encoded = model.apply(variables, images, widths, method=model.encode)
+    state = model.apply(variables, encoded, widths, method=model.init_decode_state)
+    step = model.apply(variables, state, tokens, method=model.decode_step,
+                       mutable=["intermediates"])
+    x_proj = model.apply(variables, tokens, True, method=lambda m, t, d: m._embed_targets(t, d))
+    return state, step, x_proj
+
+  state, ((logits, new_state), inter), x_proj = first_step(variables)
+  x_proj = np.asarray(x_proj)
   h_prev = np.asarray(state["carry"][-1][1])
   memory_cell, h = (np.asarray(a) for a in new_state["carry"][-1])
   dense = lambda name, x: x @ p[name]["kernel"] + p[name].get("bias", 0.0)

@@ -129,8 +129,10 @@ def test_token_embeddings_and_tied_logits_start_at_unit_scale():
   model = DecoderOnlyLM(vocab_size=512, d_model=d, num_heads=4, d_ff=256, num_layers=1,
                         max_len=16, dropout_rate=0.0)
   tokens = jnp.asarray(np.random.default_rng(0).integers(3, 512, (4, 16)), jnp.int32)
-  variables = nn.meta.unbox(model.init(jax.random.key(0), tokens))
+  # Jitted: eagerly, each op of this larger model would be compiled on its own; the small
+  # models of the other tests share their eager ops, which beats compiling each whole.
+  variables = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), tokens))
   table = variables["params"]["embed"]["table"]["embedding"]
   assert 0.9 < float(jnp.std(table)) * d ** 0.5 < 1.1
-  logits = model.apply(variables, tokens)  # tied output: final norm, then the table
+  logits = jax.jit(model.apply)(variables, tokens)  # tied output: final norm, then the table
   assert 0.5 < float(jnp.std(logits)) < 2.0
