@@ -2,9 +2,9 @@
 
 A sweep's root holds checkpoints, too big to commit, and a machine may be handed back
 without its files. The report reads only each trial's `result.json` and `metrics.jsonl`
-(with `config.json`, a few hundred kB), so a sweep run with `--keep` copies those files of
-every trial that finishes to `DIR/<trial>/`, and, before it starts, copies kept trials into a root
-that lacks them: commit DIR, and the same command on a fresh clone runs only the rest.
+(tens of kB with `config.json`), so a sweep run with `--keep` copies those files of every
+trial that finishes to `DIR/<trial>/` and, before it starts, copies kept trials into a
+root that lacks them: commit DIR, and the same command on a fresh clone runs only the rest.
 """
 from __future__ import annotations
 
