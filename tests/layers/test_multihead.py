@@ -119,7 +119,8 @@ def test_causality_by_gradients():
   x, _ = _data(4)
   mha = MultiHeadAttention(num_heads=2, head_dim=4)
   variables = _init(mha, x, is_causal=True)
-  jac = jax.jit(jax.jacrev(lambda x: mha.apply(variables, x, is_causal=True)[0][0]))(x)  # [T, D, B, T, D]
+  jacobian = jax.jit(jax.jacrev(lambda x: mha.apply(variables, x, is_causal=True)[0][0]))
+  jac = jacobian(x)  # [T, D, B, T, D]
   dep = np.abs(np.asarray(jac[:, :, 0])).sum(axis=(1, 3))  # [output t, input t]
   future = np.triu(np.ones((T, T), bool), k=1)
   np.testing.assert_array_equal(dep[future], 0.0)
