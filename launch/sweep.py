@@ -257,9 +257,9 @@ def run(args, trials, described: dict) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  if args.keep:
-    for name in keep.restore(args.keep, sweep.root, [t.name for t in trials]):
-      print(f"kept  {name}: restored from {args.keep}", flush=True)
+  if sweep.keep:
+    for name in keep.restore(sweep.keep, sweep.root, [t.name for t in trials]):
+      print(f"kept  {name}: restored from {sweep.keep}", flush=True)
   todo = sweep.register()
   print(f"sweep {args.config} --sweep={args.sweep}: {len(trials)} trials, {len(todo)} to run "
         f"({args.backend}) {sweep.count_line()}", flush=True)
