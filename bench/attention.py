@@ -1,10 +1,11 @@
 """Benchmark 1: scaled dot-product self-attention, ours vs torch SDPA.
 
-fp32, 8 heads of 64, batch 4 at T = 512 and 2048 and batch 1 at T = 8192;
-causal and not; forward, and forward + backward (the gradients of
-sum(out * g) with respect to q, k, v). Ours: `core.dot_product_attention`
-with implementation 'reference', 'blockwise' and 'xla'
-(`jax.nn.dot_product_attention`), in our BTNH layout; the peer:
+fp32 on a CPU (bf16 on a GPU or TPU), 8 heads of 64, batch 4 at T = 512 and
+2048 and batch 1 at T = 8192; causal and not; forward, and forward + backward
+(the gradients of sum(out * g) with respect to q, k, v). Ours:
+`core.dot_product_attention` with implementation 'reference', 'blockwise' and
+'xla' (`jax.nn.dot_product_attention`), in our BTNH layout, and on a GPU
+'pallas_gpu' and 'cudnn', on a TPU 'splash'; the peer (on a CPU):
 `torch.nn.functional.scaled_dot_product_attention` in its BHTD layout.
 
 Memory per implementation: XLA's compiled memory analysis (arguments +
@@ -29,8 +30,8 @@ HEADS, HEAD_DIM = 8, 64
 SHAPES = ((4, 512), (4, 2048), (1, 8192))  # (batch, length)
 OURS = ("reference", "blockwise", "xla")
 MAX_TIMED_GIB = 3.5  # 24 GiB, shared; skips only the T=8192 reference/xla runs (4-10 GiB)
-# The kernels a platform adds (fp32 inputs: cuDNN, which needs fp16/bf16, is left out).
-PLATFORM_KERNELS = {"gpu": ("pallas_gpu",), "tpu": ("splash",)}
+# The kernels a platform adds (there, in bfloat16: `harness.compute_dtype`).
+PLATFORM_KERNELS = {"gpu": ("pallas_gpu", "cudnn"), "tpu": ("splash",)}
 
 
 def implementations() -> tuple[str, ...]:
@@ -59,7 +60,8 @@ class Case:
 
 
 def inputs(batch: int, length: int, seed: int = 0) -> tuple[np.ndarray, ...]:
-  """q, k, v and the output cotangent g, `[batch, length, heads, head_dim]` float32."""
+  """q, k, v and the output cotangent g, `[batch, length, heads, head_dim]` float32
+  (cast to `harness.compute_dtype()` on the device)."""
   rng = np.random.default_rng(seed)
   return tuple(rng.standard_normal((batch, length, HEADS, HEAD_DIM), dtype=np.float32)
                for _ in range(4))
@@ -101,7 +103,8 @@ def torch_inputs(arrays, backward: bool):
 
 def compile_jax(impl: str, case: Case):
   """(compiled executable, its memory in MiB: temp and total)."""
-  spec = jax.ShapeDtypeStruct((case.batch, case.length, HEADS, HEAD_DIM), jnp.float32)
+  spec = jax.ShapeDtypeStruct((case.batch, case.length, HEADS, HEAD_DIM),
+                              harness.compute_dtype())
   compiled = jax.jit(jax_fn(impl, case.causal, case.backward)).lower(
       spec, spec, spec, spec).compile()
   stats = compiled.memory_analysis()
@@ -128,10 +131,17 @@ def run(repeats: int, budget_s: float, quick: bool = False, rss: bool = True,
   rows, ours, peer = [], implementations(), harness.have_torch()
   for case in cases(quick):
     arrays = inputs(case.batch, case.length)
-    device_arrays = [jnp.asarray(a) for a in arrays]
+    device_arrays = [jnp.asarray(a, harness.compute_dtype()) for a in arrays]
     fns, extras = {}, {}
     for impl in ours:
-      compiled, mem = compile_jax(impl, case)
+      try:
+        compiled, mem = compile_jax(impl, case)
+      except Exception as e:  # pylint: disable=broad-except
+        if impl in OURS:  # the portable three must compile everywhere
+          raise
+        # A device kernel this shape or toolchain does not support: say so, time the rest.
+        extras[impl] = {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+        continue
       extras[impl] = dict(mem)
       if mem["compiled_mib"] > MAX_TIMED_GIB * 1024:
         extras[impl]["skipped"] = f"needs {mem['compiled_mib'] / 1024:.1f} GiB"
@@ -154,7 +164,8 @@ def run(repeats: int, budget_s: float, quick: bool = False, rss: bool = True,
         if peak_flops:
           extras[impl]["peak_fraction"] = extras[impl]["tflops"] * 1e12 / peak_flops
       label = "torch sdpa" if impl == "torch" else f"jax {impl}"
-      base = "torch sdpa" if peer and impl != "torch" else None
+      # Without the peer (a GPU or TPU), each is divided by jax.nn's XLA attention.
+      base = ("torch sdpa" if peer else "jax xla") if impl not in ("torch", "xla") else None
       rows.append(harness.Row(NAME, case.label, label, times.get(impl, []), base, extras[impl]))
     del device_arrays, t_args
   return rows

@@ -21,13 +21,30 @@ from typing import Any, Callable, Mapping
 PAUSE_S = 0.02  # between timed calls: lets the other framework's spinning threads go to sleep
 
 
+def on_cpu() -> bool:
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.default_backend() == "cpu"
+
+
 def have_torch() -> bool:
-  """Whether the PyTorch peers can run (the `bench` extra); without it, ours run alone."""
+  """Whether the PyTorch peers run: the `bench` extra is installed and JAX is on the CPU.
+
+  The peers are CPU programs (the extra's CPU build of torch): against ours on a GPU or TPU
+  they would measure two devices, not two frameworks, so there ours run alone."""
+  if not on_cpu():
+    return False
   try:
     import torch  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
   except ImportError:
     return False
   return True
+
+
+def compute_dtype():
+  """float32 on a CPU (the peers' dtype; bfloat16 matmuls are no faster there); bfloat16 on
+  a GPU or TPU, the dtype training runs in there and the one cuDNN's attention needs."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  return jnp.float32 if on_cpu() else jnp.bfloat16
 
 
 @dataclasses.dataclass

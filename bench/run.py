@@ -33,7 +33,7 @@ COLUMNS = {
     "rnn_attention_seq2seq": {"target_tokens_per_s": "target tokens/s",
                               "gflops": "matmul GFLOP/s"},
     "transformer_lm": {"tokens_per_s": "tokens/s", "mfu": "MFU", "hfu": "MFU+logits",
-                       "gflops": "GFLOP/s"},
+                       "gflops": "GFLOP/s", "skipped": "note"},
     "decode": {"speedup": "speed-up"},
     "train_g2p_rnn": {"steps_per_s": "steps/s", "target_tokens_per_s": "target tokens/s",
                       "overhead": "loop overhead", "overhead_no_eval": "without the eval",
@@ -50,9 +50,15 @@ def set_threads() -> dict:
   """Equal threads on both sides; returns what was set, for the results JSON."""
   cores = os.cpu_count()
   threads = {"cores": cores, "xla_cpu": f"default: one intra-op thread per core ({cores})"}
+  from bench import harness
+  if not harness.on_cpu():
+    import jax
+    print(f"[bench] JAX's backend is {jax.default_backend()!r}: the PyTorch peers, CPU "
+          "programs, are skipped; ours run alone", file=sys.stderr)
+    return dict(threads, torch=None)
   try:
     import torch
-  except ImportError:  # an accelerator machine: ours run alone
+  except ImportError:  # ours run alone
     print("[bench] torch is not installed: the PyTorch peers are skipped "
           "(pip install -e '.[bench]' adds them)", file=sys.stderr)
     return dict(threads, torch=None)

@@ -183,6 +183,10 @@ def dot_product_attention(query: Array, key: Array, value: Array,
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {implementation!r}; "
                      f"known: {', '.join(IMPLEMENTATIONS)}")
+  if implementation == "cudnn" and query.dtype not in (jnp.float16, jnp.bfloat16):
+    raise ValueError(f"implementation='cudnn' needs float16 or bfloat16 inputs (cuDNN's "
+                     f"flash attention), got {query.dtype}: set the model's dtype to "
+                     f"bfloat16, or use 'xla'")
   if not (interpret and implementation in kernels.KERNELS):
     check_device(implementation)
   if implementation in kernels.KERNELS:

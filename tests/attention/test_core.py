@@ -180,8 +180,14 @@ def test_cudnn_matches_reference(case):
 
 @pytest.mark.skipif(ON_GPU, reason="checks the error raised where there is no GPU")
 def test_cudnn_without_a_gpu_says_so():
-  q, k, v = _inputs(np.random.default_rng(6))
+  q, k, v = (jnp.asarray(a, jnp.bfloat16) for a in _inputs(np.random.default_rng(6)))
   with pytest.raises(ValueError, match="implementation='cudnn' needs an NVIDIA GPU"):
+    core.dot_product_attention(q, k, v, implementation="cudnn")
+
+
+def test_cudnn_in_float32_says_which_dtypes():
+  q, k, v = _inputs(np.random.default_rng(6))
+  with pytest.raises(ValueError, match="'cudnn' needs float16 or bfloat16 inputs .*got float32"):
     core.dot_product_attention(q, k, v, implementation="cudnn")
 
 

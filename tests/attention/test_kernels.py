@@ -38,14 +38,16 @@ def _key_mask(keys, s):
   return masks.padding_mask(valid)  # [batch, 1, 1, kv_len]
 
 
-@functools.partial(jax.jit, static_argnames=("implementation", "is_causal", "scale"))
-def _value_and_grads(q, k, v, cotangent, mask, *, implementation, is_causal, scale):
+@functools.partial(jax.jit, static_argnames=("implementation", "is_causal", "scale",
+                                             "interpret"))
+def _value_and_grads(q, k, v, cotangent, mask, *, implementation, is_causal, scale,
+                     interpret=True):
   block = BLOCK.get(implementation, 128)
 
   def loss(q, k, v):
     out = core.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, scale=scale,
                                      implementation=implementation, block_q=block,
-                                     block_k=block, interpret=True)
+                                     block_k=block, interpret=interpret)
     return jnp.sum(out * cotangent), out
 
   (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
@@ -69,6 +71,33 @@ def test_values_and_gradients_match_reference(implementation, case, btnh_inputs)
   if case == "causal, key padding, dead rows":
     np.testing.assert_array_equal(np.asarray(got)[1, :3], 0.0)
     np.testing.assert_array_equal(np.asarray(got_grads[0])[1, :3], 0.0)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("implementation, platform", [("pallas_gpu", "gpu"), ("cudnn", "gpu"),
+                                                      ("splash", "tpu")])
+def test_on_their_device_values_and_gradients_match_reference(implementation, platform, case,
+                                                               btnh_inputs):
+  """Compiled for the device, not interpreted, in bfloat16 at head_dim 64; the reference
+  runs in float32 at full precision on the same bfloat16-rounded inputs."""
+  if jax.default_backend() != platform:
+    pytest.skip(f"needs JAX's {platform} backend, here {jax.default_backend()!r}; the "
+                f"interpreted tests cover the kernels' logic")
+  kw = dict(CASES[case])
+  t, s, keys = kw.pop("t"), kw.pop("s"), kw.pop("keys", None)
+  kw = dict(is_causal=kw.get("is_causal", False), scale=kw.get("scale"))
+  inputs = [jnp.asarray(x, jnp.bfloat16) for x in btnh_inputs(0, t, s, h=64)]
+  mask = None if keys is None else _key_mask(keys, s)
+  got, got_grads = _value_and_grads(*inputs, mask, implementation=implementation,
+                                    interpret=False, **kw)
+  with jax.default_matmul_precision("highest"):
+    want, want_grads = _value_and_grads(*[x.astype(jnp.float32) for x in inputs], mask,
+                                        implementation="reference", **kw)
+  assert got.dtype == jnp.bfloat16
+  for g, w, name in zip((got,) + tuple(got_grads), (want,) + tuple(want_grads),
+                        ["output", "d/d query", "d/d key", "d/d value"]):
+    error = np.max(np.abs(np.asarray(g, np.float32) - w)) / np.max(np.abs(w))
+    assert error < 2e-2, f"{name}: max error {error:.3g} of the largest value"  # bf16 roundings
 
 
 @pytest.mark.parametrize("implementation", KERNELS)

@@ -3,6 +3,7 @@ import datetime
 import json
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 
 from bench import harness
@@ -107,9 +108,39 @@ def test_without_torch_ours_run_alone_with_their_share_of_the_peak(monkeypatch, 
   assert len(rows) == 2 * len(attention.implementations())  # causal fwd, fwd+bwd
   assert {r["impl"] for r in rows} == {f"jax {impl}" for impl in attention.implementations()}
   for r in rows:
-    assert r["baseline"] is None and r["times_s"]
+    assert r["baseline"] == (None if r["impl"] == "jax xla" else "jax xla") and r["times_s"]
     case = attention.Case(1, 32, causal=True, backward="fwd+bwd" in r["case"])
     median = sorted(r["times_s"])[len(r["times_s"]) // 2]
     assert np.isclose(r["extra"]["tflops"], attention.attention_flops(case) / median / 1e12)
     assert 0 < r["extra"]["peak_fraction"] < 10
   assert "torch is not installed" in capsys.readouterr().err
+
+
+def test_on_an_accelerator_the_cpu_peers_are_skipped_and_ours_run_in_bfloat16(
+    monkeypatch, tmp_path, capsys):
+  """Off the CPU (simulated: `harness.on_cpu` says no) torch's CPU peers would time another
+  device: they are skipped even where torch is installed, and ours compute in bfloat16."""
+  from bench import attention, memory, run, transformer_lm
+  monkeypatch.setattr(harness, "on_cpu", lambda: False)
+  monkeypatch.setattr(transformer_lm, "PEAK_N", 16)  # 4x on an accelerator
+  monkeypatch.setattr(harness, "PAUSE_S", 0.0)
+  monkeypatch.setattr(memory, "attention_rss_mib", lambda impl, case: 1.0)
+  monkeypatch.setattr(attention, "SHAPES", ((1, 32),))
+  compiled_dtypes = []
+  compile_jax = attention.compile_jax
+
+  def spy(impl, case):
+    compiled, mem = compile_jax(impl, case)
+    compiled_dtypes.append(compiled.in_avals[0][0].dtype)
+    return compiled, mem
+
+  monkeypatch.setattr(attention, "compile_jax", spy)
+  assert not harness.have_torch()
+  assert harness.compute_dtype() == jnp.bfloat16
+  assert run.main(["--quick", "--only=attention", "--out", str(tmp_path)]) == 0
+  (path,) = tmp_path.iterdir()
+  results = json.loads(path.read_text())
+  assert results["machine"]["torch"] is None
+  assert {r["impl"] for r in results["rows"]} == {f"jax {i}" for i in attention.OURS}
+  assert compiled_dtypes and set(compiled_dtypes) == {jnp.dtype(jnp.bfloat16)}
+  assert "the PyTorch peers, CPU programs, are skipped" in capsys.readouterr().err
