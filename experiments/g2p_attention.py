@@ -9,11 +9,14 @@ r"""Grapheme-to-phoneme on CMUdict with an attention RNN encoder-decoder (the de
 
 Arguments (after the colon): attention, score, cell, stress, standard (the published
 g014b2b split, `cmudict_g2p/standard`, which has no stress: `stress` is then moot), steps,
-test (at the end, score the best dev step on the test split), smoke.
+test (at the end, score the best dev step on the test split), beam (k > 0: at the end,
+also decode dev and, with test, test by beam search of width k at the best dev step, as
+evaluators `dev_beam` and `test_beam`; the step is still picked by greedy dev WER), smoke.
 
 Sweeps (`python -m launch.sweep --config=experiments/g2p_attention.py --sweep=NAME`):
 `sweep`, every attention kind and score; `small`, the 2-core ablation of `make sweep`;
-`converged`, the best of `sweep` without stress, trained until dev WER stops improving.
+`converged`, the best of `sweep` without stress, trained until dev WER stops improving;
+`standard`, that wide model on the published split, also beam-decoded.
 Search (`python -m launch.sweep --config=experiments/g2p_attention.py --search=optuna
 --trials=20 --root=runs/g2p_search`): `search_space`, Luong attention's learning rate,
 dropout, width and score.
@@ -21,7 +24,10 @@ dropout, width and score.
 from attention_jax import experiment
 
 DEFAULTS = dict(attention="luong", score="general", cell="lstm", stress=True, standard=False,
-                steps=3000, test=False, smoke=False)
+                steps=3000, test=False, beam=0, smoke=False)
+# The converged sweep's wide RNN.
+WIDE = {"model.hidden_dim": 256, "model.src_embed_dim": 128, "model.tgt_embed_dim": 128,
+        "model.dropout_rate": 0.2}
 
 # Published numbers `launch.report` prints beside ours (percent). They are on other splits
 # (the 2007 CMUdict split of Bisani & Ney, or another random split), 39 phonemes without
@@ -57,6 +63,12 @@ def get_config(arg=None):
   c.evals.dev.metrics = "sequence_accuracy,g2p"
   if args["test"]:
     c.evals.test = experiment.test_evaluator(c.evals.dev)
+  if args["beam"]:
+    beam = dict(decode="beam", beam_size=args["beam"])
+    c.evals.dev_beam = experiment.evaluator(**dict(
+        c.evals.dev, every=0, use_best=True, examples=0, heatmaps=0, show=0, **beam))
+    if args["test"]:
+      c.evals.test_beam = experiment.evaluator(**dict(c.evals.test, **beam))
   if args["smoke"]:
     experiment.apply_smoke(c)
   return c
@@ -84,9 +96,15 @@ def converged(add):
   improving, at the sweep's width and at twice the width; the best dev step is scored on test."""
   common = dict(attention="luong", score="location", stress=False, steps=40000, test=True,
                 **experiment.CONVERGED)
-  add(**common, **{"model.hidden_dim": 256, "model.src_embed_dim": 128,
-                   "model.tgt_embed_dim": 128, "model.dropout_rate": 0.2})
+  add(**common, **WIDE)
   add(**common)
+
+
+def standard(add):
+  """Our RNN on the published split (`cmudict_g2p/standard`): the converged sweep's wide
+  model trained until dev WER stops improving, its best dev step also beam-decoded (k=4)."""
+  add(attention="luong", score="location", standard=True, steps=40000, test=True, beam=4,
+      **experiment.CONVERGED, **WIDE)
 
 
 def search_space(trial):

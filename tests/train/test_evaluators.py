@@ -114,3 +114,21 @@ def test_bad_evaluator_values_name_the_key():
   task = tasks.build_task(config, None, vocab_size=16)
   with pytest.raises(validate.ConfigError, match="train.select_by='werr' is not a metric"):
     validate.selection_metric(config, task)
+
+
+def test_g2p_beam_argument_adds_beam_evaluators_at_the_best_step():
+  """`beam=k` re-decodes dev (and test) at the best greedy-dev step by beam search of width
+  k, over the whole split; selection stays with the greedy dev evaluator."""
+  load = experiment.load("experiments/g2p_attention.py").get_config
+  assert set(load("standard=True,test=True").evals) == {"dev", "test"}
+  config = load("standard=True,test=True,beam=5")
+  validate.check_config(config)
+  assert config.data.name == "cmudict_g2p/standard"
+  assert set(config.evals) == {"dev", "test", "dev_beam", "test_beam"}
+  for name, split in (("dev_beam", "dev"), ("test_beam", "test")):
+    ev = config.evals[name]
+    assert (ev.split, ev.decode, ev.beam_size, ev.every, ev.use_best, ev.examples) == (
+        split, "beam", 5, 0, True, 0)
+    assert ev.metrics == config.evals.dev.metrics
+  assert config.evals.dev.decode == "greedy" and config.evals.dev.every > 0
+  assert set(load("beam=2").evals) == {"dev", "dev_beam"}  # no test evaluator without test
