@@ -29,8 +29,6 @@ one-line error for an unknown data config, a missing tool or a tool that failed.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import sys
@@ -150,28 +148,12 @@ def command_line(args) -> list[str]:
   return line + [f"{k}={v}" for k, v in extra.items() if v is not None]
 
 
-@contextlib.contextmanager
-def _root_lock(root: str):
-  """Runs of several systems may share a root: one updates its sweep.json at a time."""
-  os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, ".baselines.lock"), "w") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    yield
-
-
 def register(workdir: str, **fields) -> None:
   """Records the run as a trial of the root's sweep.json (created on first use)."""
-  root, name = os.path.split(workdir)
-  with _root_lock(root):
-    try:
-      manifest = manifest_lib.Manifest(root, CONFIG, SWEEP)
-    except ValueError as e:  # the root holds a sweep of another kind
-      raise BaselineError(str(e)) from None
-    if "experiment" not in manifest.data:  # published numbers: none recorded here
-      manifest.set(experiment={"file": "launch/baselines.py", "references": []})
-    index = manifest.trials.get(name, {}).get("index", len(manifest.trials))
-    manifest.update(name, index=index, workdir=workdir, log=os.path.join(workdir, "log.txt"),
-                    result=os.path.join(workdir, "result.json"), **fields)
+  try:
+    manifest_lib.register_run(workdir, CONFIG, SWEEP, **fields)
+  except ValueError as e:  # the root holds a sweep of another kind
+    raise BaselineError(str(e)) from None
 
 
 def check_workdir(workdir: str, args, dataset, peer) -> None:

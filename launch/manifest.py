@@ -11,7 +11,9 @@ direction, pruner, journal). Written atomically after every change.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import threading
@@ -88,3 +90,26 @@ class Manifest:
       status = self.trials.get(name, {}).get("status")
       out[status if status in ("done", "running", "failed") else "left"] += 1
     return out
+
+
+@contextlib.contextmanager
+def _root_lock(root: str):
+  """Runs of one root may be started side by side: one updates its sweep.json at a time."""
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, ".register.lock"), "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    yield
+
+
+def register_run(workdir: str, config_spec: str, sweep: str, **fields) -> None:
+  """Records a run that is not a sweep's trial (a peer system, an ensemble) as a trial of
+  its parent dir's sweep.json (created on first use, with no published references), so
+  `launch.report --root=<parent>` tables it. A ValueError if the root holds another kind."""
+  root, name = os.path.split(workdir)
+  with _root_lock(root):
+    manifest = Manifest(root, config_spec, sweep)
+    if "experiment" not in manifest.data:
+      manifest.set(experiment={"file": config_spec, "references": []})
+    index = manifest.trials.get(name, {}).get("index", len(manifest.trials))
+    manifest.update(name, index=index, workdir=workdir, log=os.path.join(workdir, "log.txt"),
+                    result=os.path.join(workdir, "result.json"), **fields)

@@ -342,3 +342,52 @@ def test_speech_input_that_is_not_audio_is_one_line(data_dir, speech, tmp_path):
   _, task, _ = _load(data_dir, speech, 2)  # the same check, in-process: a missing file
   with pytest.raises(data.DataError, match=r"missing.wav: not a readable audio file"):
     task.dataset.input_record(str(tmp_path / "missing.wav"))
+
+
+# `launch.ensemble` on the trained run above: an ensemble of one run with itself averages two
+# equal distributions, so it must score exactly as the run scored itself at that step.
+
+def _ensemble(data_dir, monkeypatch, *args):
+  from launch import ensemble  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", data_dir)
+  return ensemble.main(list(args))
+
+
+def test_ensemble_of_a_run_with_itself_scores_as_the_run(data_dir, rnn, tmp_path, monkeypatch):
+  out = tmp_path / "ensembles" / "twice"
+  assert _ensemble(data_dir, monkeypatch, f"--members={rnn},{rnn}", f"--workdir={out}",
+                   "--checkpoint=latest") == 0
+  result = json.loads((out / "result.json").read_text())
+  with open(os.path.join(rnn, "metrics.jsonl")) as f:
+    own = [r for r in map(json.loads, f) if r["split"] == "dev" and r["step"] == 6][-1]
+  assert result["member_steps"] == [6, 6] and result["best_by"] == "loss"
+  for key in ("loss", "nll", "accuracy", "sequence_accuracy", "token_error_rate"):
+    assert result["dev"][key] == pytest.approx(own[key], rel=1e-5, abs=1e-6), key
+  assert result["final"] == result["dev"]
+  records = (out / "predictions_dev.jsonl").read_text().splitlines()
+  assert len(records) == 16  # the evaluator's sample, as the run drew it
+  manifest = json.loads((out.parent / "sweep.json").read_text())
+  assert manifest["trials"]["twice"]["status"] == "done"
+  config = json.loads((out / "config.json").read_text())
+  assert config["ensemble"] == {"members": [rnn, rnn], "checkpoint": "latest", "steps": [6, 6]}
+  # A second ensemble into the same workdir would overwrite a result: refused.
+  assert _ensemble(data_dir, monkeypatch, f"--members={rnn},{rnn}", f"--workdir={out}") == 2
+
+
+def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, rnn, tmp_path,
+                                                                      monkeypatch, capsys):
+  other = tmp_path / "other"
+  other.mkdir()
+  config = json.loads(open(os.path.join(rnn, "config.json")).read())
+  config["model"]["hidden_dim"] += 1
+  (other / "config.json").write_text(json.dumps(config))
+  out = tmp_path / "ens" / "E"
+  cases = [([f"--members={rnn},{other}"], rf"{other} differs from {rnn} in model.hidden_dim"),
+           ([f"--members={rnn}"], "needs two runs or more, got 1"),
+           ([f"--members={rnn},{rnn}"], "kept no best checkpoint"),  # --checkpoint=best
+           ([f"--members={rnn},{rnn}", "--evals=dev,tset"], "tset not among the members'")]
+  for args, message in cases:
+    assert _ensemble(data_dir, monkeypatch, *args, f"--workdir={out}") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("launch.ensemble: ") and message in err, err
+  assert not out.parent.exists()  # caught before anything was written

@@ -1,0 +1,206 @@
+r"""Evaluate an ensemble of trained runs: their mean probability, token by token.
+
+    python -m launch.ensemble --members=runs/std/a,runs/std/b,runs/std/c \
+        --workdir=runs/ensembles/abc [--checkpoint=best] [--evals=dev,test,dev_beam,test_beam]
+    python -m launch.report --root=runs/ensembles --which=test_beam
+
+The members are runs of one text-to-text config (seeds, typically): their model, task and
+data configs must be equal. Each evaluator named in --evals (default: every one of the
+first member's config) runs once over the ensemble (`tasks.ensemble`): its split and
+sample, decoding (greedy, or one beam search over the mean distribution) and metrics, as
+the members were scored, with every prediction written to predictions_<name>.jsonl.
+--checkpoint picks each member's parameters: best (the default: each member's best dev
+step, as its own test scores used), latest or a step.
+
+The workdir gets `config.json` (the first member's, with `ensemble`: the members and
+their steps), `log.txt` and `result.json` like a training run's: one entry per evaluator,
+`final` and `best` the first evaluator's, `wall_time_s` the members' training wall time
+summed plus this evaluation's (what the row cost). It is registered as a trial of its
+parent dir, so `launch.report` tables ensembles together. Exit 2 with one line for members
+whose configs differ (naming the key), a member without that checkpoint, an unknown
+evaluator, or a workdir that already holds a result.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from attention_jax import data, predict, tasks
+from attention_jax.data import paths
+from attention_jax.predict_io import PredictError
+from attention_jax.tasks.ensemble import EnsembleTask
+from attention_jax.train import evaluators, lock, partition, provenance, steps, validate
+from attention_jax.train import metrics as metrics_lib
+from attention_jax.train.loop import Output
+from launch import manifest as manifest_lib
+
+CONFIG, SWEEP = "launch.ensemble", "ensembles"  # what the root's sweep.json says it holds
+SHARED = ("model", "task", "data")  # config sections every member must have equal
+
+
+class EnsembleError(Exception):
+  """A bad argument, member or workdir; the message is one line."""
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m launch.ensemble",
+                              description=__doc__.split("\n")[0])
+  p.add_argument("--members", required=True, help="comma-separated workdirs of trained runs")
+  p.add_argument("--workdir", required=True, help="the ensemble's dir; its parent, the root")
+  p.add_argument("--checkpoint", default="best", help="best, latest or a step, for every member")
+  p.add_argument("--evals", default="", help="comma-separated evaluator names (default: all)")
+  return p
+
+
+def _differing_key(a, b, prefix: str) -> str | None:
+  """The first dotted key under which two config dicts differ, or None."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    for key in sorted(set(a) | set(b)):
+      found = _differing_key(a.get(key), b.get(key), f"{prefix}.{key}")
+      if found:
+        return found
+    return None
+  return None if a == b else prefix
+
+
+def load_members(dirs: list[str]) -> list:
+  """The members' configs, checked to share SHARED."""
+  if len(dirs) < 2:
+    raise EnsembleError(f"--members needs two runs or more, got {len(dirs)}")
+  try:
+    configs = [predict.load_config(d) for d in dirs]
+  except PredictError as e:
+    raise EnsembleError(str(e)) from None
+  first = configs[0].to_dict()
+  for d, c in zip(dirs[1:], configs[1:]):
+    for section in SHARED:
+      key = _differing_key(first.get(section), c.to_dict().get(section), section)
+      if key:
+        raise EnsembleError(f"{d} differs from {dirs[0]} in {key}: the members of an "
+                            "ensemble share their model, task and data configs")
+  return configs
+
+
+def find_checkpoints(dirs: list[str], which: str) -> list[tuple[str, int]]:
+  """Each member's (checkpoint dir name, step) for --checkpoint."""
+  try:
+    return [predict.find_checkpoint(d, which) for d in dirs]
+  except PredictError as e:
+    raise EnsembleError(str(e)) from None
+
+
+def restore(config, task, dirs: list[str], found: list[tuple[str, int]], say) -> tuple:
+  """The members' parameters."""
+  params = []
+  for d, (name, step) in zip(dirs, found):
+    try:
+      params.append(predict.restore_params(config, task, d, name, step))
+    except PredictError as e:
+      raise EnsembleError(str(e)) from None
+    say(f"member {d}: {name} checkpoint, step {step}")
+  return tuple(params)
+
+
+def _evaluators(config, names: list[str], task, workdir: str) -> dict:
+  """The named evaluators of the members' config, run once each over the ensemble."""
+  mesh = partition.make_mesh(config.train.mesh_shape)
+  eval_step = jax.jit(functools.partial(steps.eval_step, loss_fn=task.loss))
+  out = Output(workdir, metrics_lib.MetricWriter(workdir), metrics_lib.Progress(0, 0, 1), True)
+  made = {}
+  for name in names:
+    cfg = config.evals[name].copy_and_resolve_references()
+    cfg.update(heatmaps=0, predictions=True)
+    made[name] = evaluators.Evaluator(name, cfg, task, mesh, eval_step,
+                                      config.data.eval_batch_size, out)
+  return made
+
+
+def _members_wall_s(dirs: list[str]) -> float:
+  total = 0.0
+  for d in dirs:
+    path = os.path.join(d, "result.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        total += float(json.load(f).get("wall_time_s", 0.0))
+  return total
+
+
+def run(args) -> dict:
+  workdir = os.path.abspath(args.workdir)
+  dirs = [os.path.abspath(d) for d in args.members.split(",") if d]
+  configs = load_members(dirs)
+  config = configs[0]
+  names = [n for n in args.evals.split(",") if n] or list(config.evals)
+  unknown = [n for n in names if n not in config.evals]
+  if unknown:
+    raise EnsembleError(f"--evals: {', '.join(unknown)} not among the members' evaluators "
+                        f"({', '.join(config.evals)})")
+  found = find_checkpoints(dirs, args.checkpoint)
+  if os.path.exists(os.path.join(workdir, "result.json")):
+    raise EnsembleError(f"{workdir} already holds a result.json; use another --workdir")
+  os.makedirs(workdir, exist_ok=True)  # nothing is written before every check above
+  with lock.hold(workdir, what="ensemble workdir"):
+    log = open(os.path.join(workdir, "log.txt"), "a")  # pylint: disable=consider-using-with
+
+    def say(line: str) -> None:
+      print(line, file=sys.stderr, flush=True)
+      log.write(f"{manifest_lib.now()} {line}\n")
+      log.flush()
+
+    start = time.time()
+    dataset = data.from_config(config.data)
+    member_task = tasks.build_task(config, dataset)
+    try:
+      task = EnsembleTask(member_task)
+    except ValueError as e:
+      raise EnsembleError(str(e)) from None
+    evals = _evaluators(config, names, task, workdir)
+    params = restore(config, member_task, dirs, found, say)
+    chosen = [step for _, step in found]
+    record = dict(config.to_dict(), ensemble={"members": dirs, "checkpoint": args.checkpoint,
+                                              "steps": chosen})
+    paths.atomic_write_bytes(os.path.join(workdir, "config.json"),
+                             json.dumps(record, indent=1).encode())
+    manifest_lib.register_run(workdir, CONFIG, SWEEP, status="running",
+                              overrides={"members": len(dirs), "checkpoint": args.checkpoint})
+    result = {}
+    for name, ev in evals.items():
+      say(ev.describe() + f", ensemble of {len(dirs)}")
+      result[name] = ev.run(params, max(chosen))
+      say(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in result[name].items()))
+    first = result[names[0]]
+    metric = validate.selection_metric(config, member_task)
+    result.update(final=first, best=first, best_by=metric, select_eval=names[0],
+                  step=max(chosen), members=dirs, member_steps=chosen,
+                  num_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+                  eval_wall_s=time.time() - start,
+                  wall_time_s=_members_wall_s(dirs) + time.time() - start,
+                  seed=None, provenance=provenance.collect(dataset))
+    paths.atomic_write_bytes(os.path.join(workdir, "result.json"),
+                             json.dumps(result, indent=2, sort_keys=True).encode())
+    manifest_lib.register_run(workdir, CONFIG, SWEEP, status="done")
+    say(f"result {os.path.join(workdir, 'result.json')}; table: python -m launch.report "
+        f"--root={os.path.dirname(workdir)} --which={names[-1]}")
+    log.close()
+  return result
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    run(args)
+  except (EnsembleError, lock.LockError, ValueError) as e:
+    print(f"launch.ensemble: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
