@@ -9,12 +9,15 @@ r"""Grapheme-to-phoneme on CMUdict with an attention RNN encoder-decoder (the de
 
 Arguments (after the colon): attention, score, cell, stress, standard (the published
 g014b2b split, `cmudict_g2p/standard`, which has no stress: `stress` is then moot), steps,
-test (at the end, score the best dev step on the test split), beam (k > 0: at the end,
+test (at the end, score the best dev step on the test split), estimator, credit and xu
+(hard attention's training: REINFORCE with sequence or per-step credit, the straight-through
+Gumbel-softmax, Xu et al.'s recipe; as in `experiments/algorithmic.py`), beam (k > 0: at the end,
 also decode dev and, with test, test by beam search of width k at the best dev step, as
 evaluators `dev_beam` and `test_beam`; the step is still picked by greedy dev WER), smoke.
 
 Sweeps (`python -m launch.sweep --config=experiments/g2p_attention.py --sweep=NAME`):
 `sweep`, every attention kind and score; `small`, the 2-core ablation of `make sweep`;
+`hard_estimators`, soft vs hard attention trained by each estimator;
 `converged`, the best of `sweep` without stress, trained until dev WER stops improving;
 `standard`, that wide model on the published split, also beam-decoded.
 Search (`python -m launch.sweep --config=experiments/g2p_attention.py --search=optuna
@@ -24,7 +27,8 @@ dropout, width and score.
 from attention_jax import experiment
 
 DEFAULTS = dict(attention="luong", score="general", cell="lstm", stress=True, standard=False,
-                steps=3000, test=False, beam=0, smoke=False)
+                steps=3000, test=False, beam=0, smoke=False,
+                estimator="reinforce", credit="sequence", xu=False)
 # The converged sweep's wide RNN.
 WIDE = {"model.hidden_dim": 256, "model.src_embed_dim": 128, "model.tgt_embed_dim": 128,
         "model.dropout_rate": 0.2}
@@ -59,6 +63,10 @@ def get_config(arg=None):
   c.model.update(dict(
       attention=args["attention"], score=args["score"], cell=args["cell"], bidirectional=True,
       src_embed_dim=64, tgt_embed_dim=64, hidden_dim=128, dropout_rate=0.1, max_len=48))
+  if args["attention"] == "hard":  # how its choices learn: see experiments/algorithmic.py
+    c.model.update(hard_estimator=args["estimator"],
+                   expected_context_prob=0.5 if args["xu"] else 0.0)
+    c.task.update(reinforce_credit=args["credit"], entropy_bonus=0.002 if args["xu"] else 0.0)
   c.train.steps = args["steps"]  # 3000: about 5 minutes on 2 CPU cores
   c.evals.dev.metrics = "sequence_accuracy,g2p"
   if args["test"]:
@@ -98,6 +106,15 @@ def converged(add):
                 **experiment.CONVERGED)
   add(**common, **WIDE)
   add(**common)
+
+
+def hard_estimators(add):
+  """Soft (Luong general) against hard attention trained by each estimator that learned on
+  copy and reverse (experiments/results/hard_attention), on G2P at the same budget."""
+  add(attention="luong", score="general")
+  add(attention="hard", score="general", credit="step")
+  add(attention="hard", score="general", estimator="gumbel")
+  add(attention="hard", score="general", credit="step", xu=True)
 
 
 def standard(add):

@@ -110,7 +110,7 @@ def test_unknown_experiment_argument_suggests_the_close_one():
     experiment.config_from_spec(f"{G2P}:smok=True")
   assert str(error.value) == (f"--config={G2P}:smok=True: unknown config argument 'smok'; "
                               "did you mean 'smoke'? known: attention, score, cell, stress, "
-                              "standard, steps, test, smoke")
+                              "standard, steps, test, beam, smoke, estimator, credit, xu")
 
 
 @pytest.mark.parametrize("dotted,message", [
@@ -177,4 +177,19 @@ def test_the_attention_backend_is_a_config_key_checked_against_the_platform(name
   config.model.implementation = "splash"
   with pytest.raises(validate.ConfigError, match=r"^model.implementation='splash' needs a TPU, "
                      r"but JAX's backend is 'cpu'; use 'blockwise' or 'xla' here$"):
+    validate.check_config(config)
+
+
+@pytest.mark.parametrize("path", ["experiments/algorithmic.py", "experiments/g2p_attention.py"])
+def test_hard_attention_arguments_reach_the_model_and_the_task(path):
+  """estimator / credit / xu set Xu et al.'s recipe (per-step credit, entropy bonus 0.002,
+  the expected context with probability 0.5) or the straight-through Gumbel estimator."""
+  get_config = experiment.load(path).get_config
+  xu = get_config("attention=hard,credit=step,xu=True")
+  assert (xu.model.hard_estimator, xu.model.expected_context_prob) == ("reinforce", 0.5)
+  assert (xu.task.reinforce_credit, xu.task.entropy_bonus) == ("step", 0.002)
+  gumbel = get_config("attention=hard,estimator=gumbel")
+  assert (gumbel.model.hard_estimator, gumbel.model.expected_context_prob) == ("gumbel", 0.0)
+  assert (gumbel.task.reinforce_credit, gumbel.task.entropy_bonus) == ("sequence", 0.0)
+  for config in (xu, gumbel):
     validate.check_config(config)
