@@ -17,7 +17,11 @@ Sweeps (`python -m launch.sweep --config=experiments/ocr_digits.py --root=runs/o
 (`--sweep=long_strings --root=runs/ocr_long`), the same on `digit_strings/long`: trained on
 1-5 digits, tested on 6-10.
 """
+import sys
+
 from attention_jax import experiment
+from attention_jax.evaluate.levenshtein import edit_distance
+from launch import by_length
 
 DEFAULTS = dict(experiment.IMAGE_DEFAULTS, long=False)
 
@@ -35,3 +39,36 @@ sweep = experiment.image_sweep
 def long_strings(add):
   """`sweep` on the long strings: does attention read strings longer than any it saw?"""
   experiment.image_sweep(lambda **kw: add(long=True, **kw))
+
+
+# Test strips by digit count: 1-8 (digit_strings/default) or 6-10 (/long).
+BUCKETS = tuple((n, n) for n in range(1, 11))
+
+
+def _digits(source: str) -> int:
+  """A strip's digit count: its source names one MNIST image per digit."""
+  return len(source.split())
+
+
+def _output_digits(examples: list[dict]) -> float:
+  return sum(len(e["prediction"]) for e in examples) / len(examples)
+
+
+def _cer(examples: list[dict]) -> float:
+  return (sum(edit_distance(e["references"][0], e["prediction"]) for e in examples)
+          / sum(len(e["references"][0]) for e in examples))
+
+
+def main(argv=None) -> int:
+  """`--root=R` of a sweep run with test=True: test CER and the output's length (digits)
+  against the strip's digit count, mean over seeds, in R/report/{cer,output_digits}_by_digits.*"""
+  common = dict(description="OCR by digit count from an ocr_digits sweep.", buckets=BUCKETS,
+                length=_digits, xlabel="digits in the strip")
+  code = by_length.main(argv, score=_cer, name="cer_by_digits", ylabel="test CER (%)",
+                        percent=True, **common)
+  return code or by_length.main(argv, score=_output_digits, name="output_digits_by_digits",
+                                ylabel="digits read", percent=False, **common)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

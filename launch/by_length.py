@@ -53,7 +53,9 @@ def sweep_curves(root: str, **kwargs) -> dict[str, list[dict[Bucket, tuple[float
 
 def write_report(root: str, curves, buckets: Sequence[Bucket], *, name: str, xlabel: str,
                  ylabel: str, percent: bool) -> list[str]:
-  """Writes `<root>/report/<name>.md` and `.png` (mean over seeds per bucket); returns the table."""
+  """Writes `<root>/report/<name>.md` and `.png` (mean over seeds per bucket); returns the table.
+  Buckets without an example in any run are left out."""
+  buckets = [b for b in buckets if any(b in r for runs in curves.values() for r in runs)]
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

@@ -52,7 +52,8 @@ def test_main_averages_seeds(tmp_path, capsys):
   assert DEU_ENG.main([f"--root={tmp_path}"]) == 0
   table = (tmp_path / "report" / "bleu_by_length.md").read_text()
   assert "| attention=none | 2 |" in table and "| 50.0 |" in table  # (100 + 0) / 2 at 7-9 words
-  assert "| examples | | 2 | 0 | 1 | 0 | 1 | 0 |" in table
+  assert "| examples | | 2 | 1 | 1 |" in table  # the empty buckets left out
+  assert "| configuration | seeds | 1-2 | 4 | 7-9 |" in table
   assert (tmp_path / "report" / "bleu_by_length.png").read_bytes()[:4] == b"\x89PNG"
   assert "bleu_by_length.png" in capsys.readouterr().out
 
