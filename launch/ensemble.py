@@ -5,7 +5,7 @@ r"""Evaluate an ensemble of trained runs: their mean probability, token by token
     python -m launch.report --root=runs/ensembles --which=test_beam
 
 The members are runs of one text-to-text config (seeds, typically): their model, task and
-data configs must be equal. Each evaluator named in --evals (default: every one of the
+data configs must be equal (where each read its data files aside). Each evaluator named in --evals (default: every one of the
 first member's config) runs once over the ensemble (`tasks.ensemble`): its split and
 sample, decoding (greedy, or one beam search over the mean distribution) and metrics, as
 the members were scored, with every prediction written to predictions_<name>.jsonl.
@@ -42,7 +42,8 @@ from attention_jax.train.loop import Output
 from launch import manifest as manifest_lib
 
 CONFIG, SWEEP = "launch.ensemble", "ensembles"  # what the root's sweep.json says it holds
-SHARED = ("model", "task", "data")  # config sections every member must have equal
+SHARED = ("model", "task", "data")  # config sections every member must have equal...
+PLACES = ("data.data_dir", "data.manual_dir")  # ...but where each run read its files
 
 
 class EnsembleError(Exception):
@@ -67,7 +68,7 @@ def _differing_key(a, b, prefix: str) -> str | None:
       if found:
         return found
     return None
-  return None if a == b else prefix
+  return None if a == b or prefix in PLACES else prefix
 
 
 def load_members(dirs: list[str]) -> list:

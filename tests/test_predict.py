@@ -381,6 +381,13 @@ def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, r
   config = json.loads(open(os.path.join(rnn, "config.json")).read())
   config["model"]["hidden_dim"] += 1
   (other / "config.json").write_text(json.dumps(config))
+  moved = tmp_path / "moved"  # the same run's config, its data read from elsewhere
+  moved.mkdir()
+  config["model"]["hidden_dim"] -= 1
+  config["data"]["data_dir"] = "/elsewhere"
+  (moved / "config.json").write_text(json.dumps(config))
+  from launch import ensemble  # pylint: disable=import-outside-toplevel
+  assert len(ensemble.load_members([rnn, str(moved)])) == 2
   out = tmp_path / "ens" / "E"
   cases = [([f"--members={rnn},{other}"], rf"{other} differs from {rnn} in model.hidden_dim"),
            ([f"--members={rnn}"], "needs two runs or more, got 1"),
