@@ -5,9 +5,9 @@ r"""Evaluate an ensemble of trained runs: their mean probability, token by token
     python -m launch.report --root=runs/ensembles --which=test_beam
 
 The members are runs of one text-to-text config (seeds, typically): their model, task and
-data configs must be equal (where each read its data files aside). Each evaluator named in --evals (default: every one of the
-first member's config) runs once over the ensemble (`tasks.ensemble`): its split and
-sample, decoding (greedy, or one beam search over the mean distribution) and metrics, as
+data configs must be equal (where each read its data files aside). Each evaluator named in
+--evals (default: every one of the first member's config) runs once over the ensemble
+(`tasks.ensemble`): its split and sample, decoding (greedy, or one beam search over the mean distribution) and metrics, as
 the members were scored, with every prediction written to predictions_<name>.jsonl.
 --checkpoint picks each member's parameters: best (the default: each member's best dev
 step, as its own test scores used), latest or a step.
@@ -133,11 +133,12 @@ def _members_wall_s(dirs: list[str]) -> float:
   return total
 
 
-def run(args) -> dict:
+def check(args) -> tuple:
+  """(workdir, members' dirs, config, evaluator names, checkpoints): every check that needs
+  no data, made before anything is written."""
   workdir = os.path.abspath(args.workdir)
   dirs = [os.path.abspath(d) for d in args.members.split(",") if d]
-  configs = load_members(dirs)
-  config = configs[0]
+  config = load_members(dirs)[0]
   names = [n for n in args.evals.split(",") if n] or list(config.evals)
   unknown = [n for n in names if n not in config.evals]
   if unknown:
@@ -146,50 +147,65 @@ def run(args) -> dict:
   found = find_checkpoints(dirs, args.checkpoint)
   if os.path.exists(os.path.join(workdir, "result.json")):
     raise EnsembleError(f"{workdir} already holds a result.json; use another --workdir")
-  os.makedirs(workdir, exist_ok=True)  # nothing is written before every check above
-  with lock.hold(workdir, what="ensemble workdir"):
-    log = open(os.path.join(workdir, "log.txt"), "a")  # pylint: disable=consider-using-with
+  return workdir, dirs, config, names, found
+
+
+def evaluate(config, dirs: list[str], names: list[str], found, workdir: str, say) -> dict:
+  """Builds the ensemble, runs its evaluators and returns result.json's contents."""
+  start = time.time()
+  dataset = data.from_config(config.data)
+  member_task = tasks.build_task(config, dataset)
+  try:
+    task = EnsembleTask(member_task)
+  except ValueError as e:
+    raise EnsembleError(str(e)) from None
+  evals = _evaluators(config, names, task, workdir)
+  params = restore(config, member_task, dirs, found, say)
+  steps_ = [step for _, step in found]
+  result = {}
+  for name, ev in evals.items():
+    say(ev.describe() + f", ensemble of {len(dirs)}")
+    result[name] = ev.run(params, max(steps_))
+    say(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in result[name].items()))
+  first = result[names[0]]
+  result.update(final=first, best=first, best_by=validate.selection_metric(config, member_task),
+                select_eval=names[0], step=max(steps_), members=dirs, member_steps=steps_,
+                num_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+                eval_wall_s=time.time() - start,
+                wall_time_s=_members_wall_s(dirs) + time.time() - start,
+                seed=None, provenance=provenance.collect(dataset))
+  return result
+
+
+def run(args) -> dict:
+  """Checks, then evaluates the ensemble into its workdir and registers it in the root."""
+  workdir, dirs, config, names, found = check(args)
+  os.makedirs(workdir, exist_ok=True)
+  with lock.hold(workdir, what="ensemble workdir"), \
+       open(os.path.join(workdir, "log.txt"), "a") as log:
 
     def say(line: str) -> None:
       print(line, file=sys.stderr, flush=True)
       log.write(f"{manifest_lib.now()} {line}\n")
       log.flush()
 
-    start = time.time()
-    dataset = data.from_config(config.data)
-    member_task = tasks.build_task(config, dataset)
-    try:
-      task = EnsembleTask(member_task)
-    except ValueError as e:
-      raise EnsembleError(str(e)) from None
-    evals = _evaluators(config, names, task, workdir)
-    params = restore(config, member_task, dirs, found, say)
-    chosen = [step for _, step in found]
-    record = dict(config.to_dict(), ensemble={"members": dirs, "checkpoint": args.checkpoint,
-                                              "steps": chosen})
+    record = dict(config.to_dict(), ensemble={
+        "members": dirs, "checkpoint": args.checkpoint, "steps": [s for _, s in found]})
     paths.atomic_write_bytes(os.path.join(workdir, "config.json"),
                              json.dumps(record, indent=1).encode())
     manifest_lib.register_run(workdir, CONFIG, SWEEP, status="running",
                               overrides={"members": len(dirs), "checkpoint": args.checkpoint})
-    result = {}
-    for name, ev in evals.items():
-      say(ev.describe() + f", ensemble of {len(dirs)}")
-      result[name] = ev.run(params, max(chosen))
-      say(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in result[name].items()))
-    first = result[names[0]]
-    metric = validate.selection_metric(config, member_task)
-    result.update(final=first, best=first, best_by=metric, select_eval=names[0],
-                  step=max(chosen), members=dirs, member_steps=chosen,
-                  num_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
-                  eval_wall_s=time.time() - start,
-                  wall_time_s=_members_wall_s(dirs) + time.time() - start,
-                  seed=None, provenance=provenance.collect(dataset))
+    try:
+      result = evaluate(config, dirs, names, found, workdir, say)
+    except BaseException as e:
+      status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+      manifest_lib.register_run(workdir, CONFIG, SWEEP, status=status)
+      raise
     paths.atomic_write_bytes(os.path.join(workdir, "result.json"),
                              json.dumps(result, indent=2, sort_keys=True).encode())
     manifest_lib.register_run(workdir, CONFIG, SWEEP, status="done")
     say(f"result {os.path.join(workdir, 'result.json')}; table: python -m launch.report "
         f"--root={os.path.dirname(workdir)} --which={names[-1]}")
-    log.close()
   return result
 
 
