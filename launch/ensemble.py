@@ -7,8 +7,9 @@ r"""Evaluate an ensemble of trained runs: their mean probability, token by token
 The members are runs of one text-to-text config (seeds, typically): their model, task and
 data configs must be equal (where each read its data files aside). Each evaluator named in
 --evals (default: every one of the first member's config) runs once over the ensemble
-(`tasks.ensemble`): its split and sample, decoding (greedy, or one beam search over the mean distribution) and metrics, as
-the members were scored, with every prediction written to predictions_<name>.jsonl.
+(`tasks.ensemble`): its split and sample, decoding (greedy, or one beam search over the
+mean distribution) and metrics, as the members were scored, with every prediction written
+to predictions_<name>.jsonl.
 --checkpoint picks each member's parameters: best (the default: each member's best dev
 step, as its own test scores used), latest or a step.
 
