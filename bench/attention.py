@@ -140,7 +140,7 @@ def run(repeats: int, budget_s: float, quick: bool = False, rss: bool = True,
         if impl in OURS:  # the portable three must compile everywhere
           raise
         # A device kernel this shape or toolchain does not support: say so, time the rest.
-        extras[impl] = {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+        extras[impl] = {"skipped": harness.skip_note(e)}
         continue
       extras[impl] = dict(mem)
       if mem["compiled_mib"] > MAX_TIMED_GIB * 1024:

@@ -47,6 +47,11 @@ def compute_dtype():
   return jnp.float32 if on_cpu() else jnp.bfloat16
 
 
+def skip_note(error: Exception) -> str:
+  """A row's note for an implementation that could not run: the error's first line."""
+  return f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+
+
 @dataclasses.dataclass
 class Row:
   """One implementation on one case, with its timings and what it is compared with."""

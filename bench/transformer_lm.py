@@ -147,8 +147,8 @@ def run(repeats: int, budget_s: float, implementations=(IMPLEMENTATION,),
       if impl == IMPLEMENTATION:
         raise
       # A device kernel this platform cannot build: reported, the others timed.
-      rows.append(harness.Row(NAME, "train step", f"jax {impl} train_step", [], None, {
-          "skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}))
+      rows.append(harness.Row(NAME, "train step", f"jax {impl} train_step", [], None,
+                              {"skipped": harness.skip_note(e)}))
       continue
     holder = holders[impl] = {"state": state}
 

@@ -15,10 +15,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from attention_jax import decode
-from attention_jax.data.vocab import BOS_ID, EOS_ID
 from attention_jax.tasks import base
-from attention_jax.tasks.seq2seq import Seq2SeqTask
+from attention_jax.tasks.seq2seq import Seq2SeqTask, search
 
 Array = jax.Array
 
@@ -44,12 +42,8 @@ def _decode(params: tuple, inputs: Array, input_lengths: Array, *, model, method
             for p, s in zip(params, states)]
     return mean_log_probs([logits for logits, _ in outs]), tuple(s for _, s in outs)
 
-  if method in ("beam", "beams"):
-    beams = decode.beam_search(step, tuple(states), inputs.shape[0], beam_size=beam_size,
-                               bos_id=BOS_ID, eos_id=EOS_ID, max_len=max_len, alpha=alpha)[0]
-    return beams if method == "beams" else beams[:, 0]
-  return decode.greedy(step, tuple(states), inputs.shape[0], bos_id=BOS_ID, eos_id=EOS_ID,
-                       max_len=max_len)
+  return search(step, tuple(states), inputs.shape[0], method=method, beam_size=beam_size,
+                alpha=alpha, max_len=max_len)
 
 
 class EnsembleTask(Seq2SeqTask):

@@ -75,12 +75,19 @@ def _decode(params, inputs: Array, input_lengths: Array, *, model, method: str, 
   encoded = model.apply(variables, inputs, input_lengths, method=model.encode)
   state = model.apply(variables, encoded, input_lengths, method=model.init_decode_state)
   step = lambda s, t: model.apply(variables, s, t, method=model.decode_step)
+  return search(step, state, inputs.shape[0], method=method, beam_size=beam_size, alpha=alpha,
+                max_len=max_len)
+
+
+def search(step, state, batch: int, *, method: str, beam_size: int, alpha: float,
+           max_len: int) -> Array:
+  """Greedy or beam decoding of `step` from `state`: ids `[batch, max_len]` (the best beam),
+  or with method 'beams' every beam `[batch, beam_size, max_len]`."""
   if method in ("beam", "beams"):
-    beams = decode.beam_search(step, state, inputs.shape[0], beam_size=beam_size, bos_id=BOS_ID,
+    beams = decode.beam_search(step, state, batch, beam_size=beam_size, bos_id=BOS_ID,
                                eos_id=EOS_ID, max_len=max_len, alpha=alpha)[0]
     return beams if method == "beams" else beams[:, 0]
-  return decode.greedy(step, state, inputs.shape[0], bos_id=BOS_ID, eos_id=EOS_ID,
-                       max_len=max_len)
+  return decode.greedy(step, state, batch, bos_id=BOS_ID, eos_id=EOS_ID, max_len=max_len)
 
 
 def _tokens(vocab, ids) -> list[str]:
