@@ -78,3 +78,37 @@ def test_symbol_vocabulary(tmp_path):
   assert chars.decode(chars.encode("c ab")) == "c ab"
   with pytest.raises(MissingDataError, match="does not exist"):
     SymbolVocabulary.load(tmp_path / "missing.json")
+
+
+class _CountingReads:
+  """Wraps an array_record source and counts its batched reads."""
+
+  def __init__(self, inner):
+    self.inner, self.reads = inner, 0
+
+  def __len__(self):
+    return len(self.inner)
+
+  def __getitems__(self, keys):
+    self.reads += 1
+    return self.inner.__getitems__(keys)
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_records_match_tfds_own_decoding_read_whole_or_by_batch(tiny_algorithmic, monkeypatch,
+                                                                 preload):
+  """A small split is read in one pass and kept; a large one (PRELOAD_BYTES 0 here) batch by
+  batch. Either way each record is what TFDS itself decodes at that index."""
+  monkeypatch.setattr(registry, "PRELOAD_BYTES", (64 << 20) if preload else 0)
+  dataset = tiny_algorithmic("copy")
+  source = dataset.source("train")
+  source._source.data_source = counting = _CountingReads(source._source.data_source)
+  tfds_source = dataset.builder.as_data_source(split="train")
+  indices = [5, 0, len(source) - 1, 5, 3]
+  for _ in range(3):
+    got = source.getitems(indices)
+    for i, record in zip(indices, got):
+      theirs = tfds_source[i]
+      assert record["inputs"] == theirs["inputs"].decode()
+      assert record["targets"] == theirs["targets"].decode()
+  assert counting.reads == (1 if preload else 3)
