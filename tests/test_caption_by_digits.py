@@ -1,0 +1,45 @@
+"""Caption exact match and digits named in place by the scene's digit count
+(experiments/caption_digits.py's report), from prediction files it did not write."""
+import json
+import os
+
+from attention_jax import experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CAPTION = experiment.load(os.path.join(ROOT, "experiments", "caption_digits.py"))
+
+
+def _write(path, examples):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    for references, prediction in examples:
+      source = " ".join(f"mnist:test:{i}" for i in range(len(references[0].split(","))))
+      f.write(json.dumps({"source": source, "prediction": prediction, "references": references,
+                          "correct": prediction in references}) + "\n")
+
+
+TWO = ["a 3 top left , a 7 in the middle", "a 7 in the middle , a 3 top left"]
+THREE = ["a 1 top left , a 2 top right , a 5 bottom right"]  # one ordering is enough here
+
+
+def test_exact_and_placed_digits_by_digit_count_averaged_over_seeds(tmp_path):
+  seeds = [[(TWO, TWO[1]), (TWO, "a 3 top left , a 7 top right"),  # other order; a place wrong
+            (THREE, "a 1 top left , a 2 top right")],  # a digit left out
+           [(TWO, "a 3 top left"), (THREE, THREE[0])]]
+  trials = {}
+  for seed, examples in enumerate(seeds):
+    name = f"model=soft,seed={seed}"
+    _write(str(tmp_path / name / "predictions_test.jsonl"), examples)
+    trials[name] = {"overrides": {"model": "soft", "seed": seed}}
+  (tmp_path / "sweep.json").write_text(json.dumps({"trials": trials}))
+  assert CAPTION.main([f"--root={tmp_path}"]) == 0
+  report = tmp_path / "report"
+  exact = (report / "exact_by_digits.md").read_text()
+  assert "| configuration | seeds | 2 | 3 |\n" in exact
+  # 2 digits: seed 0 1 of 2 exact, seed 1 0 of 1; 3 digits: 0 of 1, then 1 of 1.
+  assert f"| model=soft | 2 | {100 * (0.5 + 0) / 2:.1f} | {100 * (0 + 1) / 2:.1f} |\n" in exact
+  placed = (report / "digits_placed_by_digits.md").read_text()
+  # 2 digits: seed 0 (2 + 1) of 4, seed 1 1 of 2; 3 digits: 2 of 3, then 3 of 3.
+  assert (f"| model=soft | 2 | {100 * (3 / 4 + 1 / 2) / 2:.1f} | "
+          f"{100 * (2 / 3 + 1) / 2:.1f} |\n") in placed
+  assert (report / "exact_by_digits.png").read_bytes()[:4] == b"\x89PNG"
