@@ -54,6 +54,17 @@ def test_evaluator(dev: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                           show=0, predictions=True))
 
 
+def add_beam_evaluators(c: ml_collections.ConfigDict, beam_size: int) -> None:
+  """`dev_beam` (and `test_beam` beside a test evaluator): the whole dev (test) split
+  decoded by beam search of `beam_size` at the best greedy-dev step; selection stays with
+  the greedy `dev` evaluator, which runs during training."""
+  beam = dict(decode="beam", beam_size=beam_size)
+  c.evals.dev_beam = evaluator(**dict(c.evals.dev, every=0, use_best=True, examples=0,
+                                      heatmaps=0, show=0, **beam))
+  if "test" in c.evals:
+    c.evals.test_beam = evaluator(**dict(c.evals.test, **beam))
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0

@@ -72,11 +72,7 @@ def get_config(arg=None):
   if args["test"]:
     c.evals.test = experiment.test_evaluator(c.evals.dev)
   if args["beam"]:
-    beam = dict(decode="beam", beam_size=args["beam"])
-    c.evals.dev_beam = experiment.evaluator(**dict(
-        c.evals.dev, every=0, use_best=True, examples=0, heatmaps=0, show=0, **beam))
-    if args["test"]:
-      c.evals.test_beam = experiment.evaluator(**dict(c.evals.test, **beam))
+    experiment.add_beam_evaluators(c, args["beam"])
   if args["smoke"]:
     experiment.apply_smoke(c)
   return c

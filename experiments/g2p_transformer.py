@@ -7,17 +7,18 @@ r"""Grapheme-to-phoneme on CMUdict with a Transformer encoder-decoder (Vaswani e
 
 Arguments (after the colon): heads, head_dim (0: d_model / heads), dropout,
 label_smoothing, positions, pre_ln, weighted, stress, standard (the published g014b2b split,
-`cmudict_g2p/standard`, no stress), steps, test, smoke.
+`cmudict_g2p/standard`, no stress), steps, test, beam (k > 0: beam-decode dev and test at the
+best greedy-dev step, as g2p_attention's `beam`), smoke.
 
 Sweeps (`python -m launch.sweep --config=experiments/g2p_transformer.py --sweep=NAME`):
 `sweep`, the Table 3 rows; `converged`, the default model without stress, trained until dev
-WER stops improving.
+WER stops improving; `standard`, that model on the published split, also beam-decoded.
 """
 from attention_jax import experiment
 
 DEFAULTS = dict(heads=4, head_dim=0, dropout=0.1, label_smoothing=0.1, positions="sinusoidal",
                 pre_ln=True, weighted=False, stress=True, standard=False, steps=3000, test=False,
-                smoke=False)
+                beam=0, smoke=False)
 
 
 def get_config(arg=None):
@@ -39,6 +40,8 @@ def get_config(arg=None):
   c.evals.dev.metrics = "sequence_accuracy,g2p"
   if args["test"]:
     c.evals.test = experiment.test_evaluator(c.evals.dev)
+  if args["beam"]:
+    experiment.add_beam_evaluators(c, args["beam"])
   if args["smoke"]:
     experiment.apply_smoke(c)
   return c
@@ -61,3 +64,9 @@ def converged(add):
   """The default Transformer without stress, trained until dev WER stops improving
   (`experiment.CONVERGED`); the best step is scored on test."""
   add(stress=False, steps=40000, test=True, **experiment.CONVERGED)
+
+
+def standard(add):
+  """The `converged` Transformer on the published split (`cmudict_g2p/standard`), its best
+  dev step also beam-decoded (k=4), as g2p_attention's `standard` sweep."""
+  add(standard=True, steps=40000, test=True, beam=4, **experiment.CONVERGED)

@@ -116,10 +116,11 @@ def test_bad_evaluator_values_name_the_key():
     validate.selection_metric(config, task)
 
 
-def test_g2p_beam_argument_adds_beam_evaluators_at_the_best_step():
+@pytest.mark.parametrize("name", ["g2p_attention", "g2p_transformer"])
+def test_g2p_beam_argument_adds_beam_evaluators_at_the_best_step(name):
   """`beam=k` re-decodes dev (and test) at the best greedy-dev step by beam search of width
   k, over the whole split; selection stays with the greedy dev evaluator."""
-  load = experiment.load("experiments/g2p_attention.py").get_config
+  load = experiment.load(f"experiments/{name}.py").get_config
   assert set(load("standard=True,test=True").evals) == {"dev", "test"}
   config = load("standard=True,test=True,beam=5")
   validate.check_config(config)
