@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention_jax.decode.sampling import StepFn
-from attention_jax.layers.multihead import KVCache
+from attention_jax.layers.multihead import KVCache, share_rows
 
 Array = jax.Array
 _NEG = -1.0e9  # a "minus infinity" that keeps arithmetic finite
@@ -35,15 +35,14 @@ def _is_cache(x: Any) -> bool:
 def repeat_for_beams(state: Any, beam_size: int) -> Any:
   """Repeat every leaf `[batch, ...]` to `[batch * beam_size, ...]` (beam axis inner).
 
-  A `KVCache` gains its `owner` table: the beams of a sequence then share their
-  group's rows (`layers.multihead`), and every position starts in the first row.
+  A `KVCache` becomes the shared-row cache of `multihead.share_rows`: the beams of a
+  sequence share their group's rows, and every position starts in the first row.
   """
   def repeat(x):
+    if _is_cache(x) and x.owner is not None:
+      raise ValueError("the state already holds a beam-search cache (KVCache.owner)")
     x = jax.tree.map(lambda a: jnp.repeat(a, beam_size, axis=0), x)
-    if not _is_cache(x) or x.owner is not None:
-      return x
-    positions = x.key.shape[:-3] + x.key.shape[-2:-1]  # [batch * k, (layers,) max_len]
-    return x._replace(owner=jax.nn.one_hot(jnp.zeros(positions, jnp.int32), beam_size))
+    return share_rows(x, beam_size) if _is_cache(x) else x
   return jax.tree.map(repeat, state, is_leaf=_is_cache)
 
 

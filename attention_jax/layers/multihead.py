@@ -17,12 +17,14 @@ Under beam search the k hypotheses of a sequence share their group's k cache
 rows instead of copying them at every step: `KVCache.owner` records, for each
 hypothesis and position, which row of the group holds that key/value, and a
 reorder moves only `owner` and `index` (copying every layer's cache made beam
-search 7x greedy per step). The decode step then scores each query against all
-k rows of its group and keeps, by the one-hot `owner`, its own history: it reads
-the cache k times, which still beats the copy (beam k=4 13% faster per step,
-BENCHMARKS.md). This path is einsum attention whatever `implementation` says;
-the other cache path runs the Pallas kernels' ('splash', 'pallas_gpu') steps as
-'xla', since the kernels take no mask at the cache's offsets.
+search 7x greedy per step). Such a cache holds a group's k rows side by side,
+values `[batch, kv_heads, k * max_len, head_dim]` and keys transposed,
+`[batch, kv_heads, head_dim, k * max_len]` (`share_rows`), so one plain matmul per
+group and head scores the k queries against all k rows, reading the cache once; the
+one-hot `owner` then keeps each hypothesis' own history (BENCHMARKS.md). This path
+is einsum attention whatever `implementation` says; the other cache path runs the
+Pallas kernels' ('splash', 'pallas_gpu') steps as 'xla', since the kernels take no
+mask at the cache's offsets.
 """
 from __future__ import annotations
 
@@ -41,12 +43,28 @@ Array = jax.Array
 class KVCache(NamedTuple):
   # Heads before positions, the layout the attention matmuls read: stored BTNH, every
   # decode step copied (transposed) the whole cache of every layer.
-  key: Array  # [batch, kv_heads, max_len, head_dim]
-  value: Array  # [batch, kv_heads, max_len, head_dim]
-  index: Array  # int32 [batch]: positions written so far = next write position
-  # Beam search only (`decode.beam`), else None: one-hot [batch * k, max_len, k], the row
-  # of the hypothesis' group of k that holds its key/value at each position.
+  key: Array  # [batch, kv_heads, max_len, head_dim]; beam search: see share_rows
+  value: Array  # [batch, kv_heads, max_len, head_dim]; beam search: see share_rows
+  index: Array  # int32 [batch] (beam search: [batch * k]): positions written = next write position
+  # Beam search only (`decode.beam`, `share_rows`), else None: one-hot [batch * k, max_len,
+  # k], the row of the hypothesis' group of k that holds its key/value at each position.
   owner: Array | None = None
+
+
+def share_rows(cache: KVCache, k: int) -> KVCache:
+  """A cache of `batch * k` rows (hypothesis n = b * k + j in row n, each `[..., max_len,
+  head_dim]`) as beam search holds it: group b's k rows side by side on the positions axis,
+  values `[batch, ..., k * max_len, head_dim]` and keys `[batch, ..., head_dim, k * max_len]`
+  (transposed: the scores' matmul then reads them as they lie, 3-4x faster than packing
+  them at every step), every hypothesis reading row 0 (set `owner` to choose). A layers
+  axis after the batch axis (scanned layers) is kept."""
+  def group(x):
+    n, *middle, length, h = x.shape
+    x = jnp.moveaxis(x.reshape(n // k, k, *middle, length, h), 1, -3)
+    return x.reshape(n // k, *middle, k * length, h)
+  owner_shape = cache.key.shape[:-3] + cache.key.shape[-2:-1]  # [batch * k, (layers,) max_len]
+  return KVCache(jnp.swapaxes(group(cache.key), -1, -2), group(cache.value), cache.index,
+                 jax.nn.one_hot(jnp.zeros(owner_shape, jnp.int32), k, dtype=jnp.float32))
 
 
 def _write(cache: Array, new: Array, index: Array) -> Array:
@@ -54,6 +72,17 @@ def _write(cache: Array, new: Array, index: Array) -> Array:
   new = jnp.swapaxes(new, 1, 2).astype(cache.dtype)  # [batch, kv_heads, len, head_dim]
   return jax.vmap(lambda c, x, i: lax.dynamic_update_slice_in_dim(c, x, i, axis=1))(
       cache, new, index)
+
+
+def _write_shared(cache: Array, new: Array, index: Array, k: int, axis: int) -> Array:
+  """Hypothesis n's one new position (`new` `[batch * k, 1, kv_heads, head_dim]`) into its
+  own row n mod k of group n // k, at `index[n]` (clamped to the row, as `_write` clamps),
+  positions on `axis` (-2: values, -1: transposed keys) of a `share_rows` cache."""
+  rows = jnp.arange(new.shape[0])
+  length = cache.shape[axis] // k
+  position = rows % k * length + jnp.minimum(index, length - 1)
+  at = (rows // k, slice(None)) + (slice(None),) * (axis == -1) + (position,)
+  return cache.at[at].set(new[:, 0].astype(cache.dtype))
 
 
 def _own(owner: Array | None, index: Array) -> Array | None:
@@ -71,7 +100,7 @@ def _shared_row_attention(query: Array, cache: KVCache, mask: Array | None):
 
   Args:
     query: `[batch * k, 1, heads, head_dim]`.
-    cache: updated, with `owner` `[batch * k, max_len, k]`.
+    cache: updated, `share_rows`' layout, with `owner` `[batch * k, max_len, k]`.
     mask: bool broadcastable to `[batch * k, heads, 1, max_len]`, or None.
 
   Returns:
@@ -80,29 +109,26 @@ def _shared_row_attention(query: Array, cache: KVCache, mask: Array | None):
   n, t, heads, h = query.shape
   if t != 1:
     raise ValueError(f"a beam-search cache takes one position per step, got {t}")
-  k, (kv_heads, length) = cache.owner.shape[-1], cache.key.shape[1:3]
+  (length, k), kv_heads = cache.owner.shape[1:], cache.key.shape[1]
   b, group = n // k, heads // kv_heads
-  # Rows j and heads g lead both operands as batch axes, in the cache's own layout (one
-  # the cache does not lead with makes XLA copy the whole cache), and each hypothesis i
-  # is its own matrix-vector product: as one [k, head_dim] batch of queries the same
-  # products took Eigen's small-matrix path, twice as slow.
-  key, value = (x.reshape(b, k, kv_heads, length, h) for x in (cache.key, cache.value))
-  q = query.reshape(b, k, kv_heads, group, h)
-  mine = cache.owner.reshape(b, k, length, k) > 0  # [b, i, s, j]
+  # One [k * group, head_dim] x [head_dim, k * max_len] matmul per sequence and kv head
+  # scores every hypothesis i against every row j of its group, reading the cache once
+  # (per-hypothesis matrix-vector products read it k times).
+  q = jnp.moveaxis(query.reshape(b, k, kv_heads, group, h), 1, 2)  # [b, g, i, r, h]
+  every_row = jnp.einsum("bgirh,bghx->bgirx", q, cache.key, preferred_element_type=jnp.float32)
+  every_row = every_row.reshape(b, kv_heads, k, group, k, length)  # [b, g, i, r, j, s]
+  mine = jnp.swapaxes(cache.owner.reshape(b, k, length, k) > 0, 2, 3)  # [b, i, j, s]
+  pick = mine[:, None, :, None]  # [b, 1, i, 1, j, s]
+  scores = jnp.where(pick, every_row, 0.0).sum(axis=4) * h ** -0.5  # [b, g, i, r, s]
   seen = (jnp.arange(length) < cache.index[:, None])[:, None, None]  # [n, 1, 1, max_len]
   full = jnp.broadcast_to(masks.combine(mask, seen), (n, heads, 1, length))
-  full = full.reshape(b, k, kv_heads, group, length)
-  outs, weights = [], []
-  for i in range(k):
-    qi = jnp.broadcast_to(q[:, i, None], (b, k, kv_heads, group, h))
-    every_row = jnp.einsum("bjgrh,bjgsh->bjgrs", qi, key, preferred_element_type=jnp.float32)
-    pick = jnp.transpose(mine[:, i], (0, 2, 1))[:, :, None, None, :]  # [b, j, 1, 1, s]
-    scores = jnp.where(pick, every_row, 0.0).sum(axis=1) * h ** -0.5  # [b, g, r, s]
-    weights.append(masks.masked_softmax(scores, full[:, i]))
-    by_row = jnp.where(pick, weights[-1][:, None], 0.0).astype(value.dtype)
-    outs.append(jnp.einsum("bjgrs,bjgsh->bjgrh", by_row, value).sum(axis=1))
-  out, weights = jnp.stack(outs, axis=1), jnp.stack(weights, axis=1)  # [b, i, g, r, ...]
-  return out.reshape(n, 1, heads, h), weights.reshape(n, heads, 1, length)
+  full = jnp.moveaxis(full.reshape(b, k, kv_heads, group, length), 1, 2)  # [b, g, i, r, s]
+  weights = masks.masked_softmax(scores, full)
+  by_row = jnp.where(pick, weights[:, :, :, :, None], 0.0).astype(cache.value.dtype)
+  by_row = by_row.reshape(b, kv_heads, k, group, k * length)
+  out = jnp.einsum("bgirx,bgxh->bgirh", by_row, cache.value)  # [b, g, i, r, h]
+  out = jnp.moveaxis(out, 2, 1).reshape(n, 1, heads, h)
+  return out, jnp.moveaxis(weights, 2, 1).reshape(n, heads, 1, length)
 
 
 class HeadsDense(nn.Module):
@@ -202,12 +228,16 @@ class MultiHeadAttention(nn.Module):
     if cache is not None:
       if not self_attention:
         raise ValueError("a KV cache is for self-attention; cross-attention keys are fixed")
-      cache = KVCache(_write(cache.key, key, cache.index), _write(cache.value, value, cache.index),
-                      cache.index + query.shape[1], _own(cache.owner, cache.index))
       if cache.owner is not None:
+        k = cache.owner.shape[-1]
+        cache = KVCache(_write_shared(cache.key, key, cache.index, k, axis=-1),
+                        _write_shared(cache.value, value, cache.index, k, axis=-2),
+                        cache.index + query.shape[1], _own(cache.owner, cache.index))
         out, weights = _shared_row_attention(query, cache, mask)
         self.sow("intermediates", "attention_weights", weights)
         return self._output(out, inputs_q), cache
+      cache = KVCache(_write(cache.key, key, cache.index), _write(cache.value, value, cache.index),
+                      cache.index + query.shape[1])
       # BTNH views for core, whose own transposes back to BNTH cancel these.
       key, value = jnp.swapaxes(cache.key, 1, 2), jnp.swapaxes(cache.value, 1, 2)  # [batch, max_len, kv_heads, head_dim]
       # Slots at or past the new index are unwritten; causal hides them, else hide them here.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from attention_jax.attention import masks
-from attention_jax.layers.multihead import MultiHeadAttention
+from attention_jax.layers.multihead import MultiHeadAttention, share_rows
 
 B, T, S, D = 2, 5, 7, 12
 
@@ -170,8 +170,14 @@ def test_shared_row_cache_attends_to_each_hypothesis_own_history(kv_heads):
   _, cache = apply(rows_x, mha.init_cache(groups * k, t + 2))
   owner = np.zeros((groups * k, t + 2, k), np.float32)
   owner[np.arange(groups * k)[:, None], np.arange(t), owner_rows] = 1.0
-  out, cache = apply(step_x, cache._replace(owner=jnp.asarray(owner)))
+  shared = share_rows(cache, k)._replace(owner=jnp.asarray(owner))
+  out, cache = apply(step_x, shared)
   np.testing.assert_array_equal(cache.owner[:, t], np.eye(k)[np.arange(groups * k) % k])
+  # Each hypothesis wrote its step into its own row, at its index, and nowhere else.
+  written = share_rows(apply(jnp.concatenate([rows_x, step_x], 1),
+                             mha.init_cache(groups * k, t + 2))[1], k)
+  np.testing.assert_allclose(cache.key, written.key, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(cache.value, written.value, rtol=1e-6, atol=1e-6)
   for n in range(groups * k):
     group = n // k * k
     history = np.stack([rows_x[group + owner_rows[n, s], s] for s in range(t)])
