@@ -102,6 +102,9 @@ def test_cache_with_per_sequence_positions():
   mha = MultiHeadAttention(num_heads=2, head_dim=3)
   variables = _init(mha, x, is_causal=True)
   apply = jax.jit(lambda x, cache=None: mha.apply(variables, x, is_causal=True, cache=cache))
+  weights_of = jax.jit(lambda x, cache=None: mha.apply(
+      variables, x, is_causal=True, cache=cache, mutable=["intermediates"])[1][
+          "intermediates"]["attention_weights"][0])
   full, _ = apply(x)
   cache = mha.init_cache(B, max_len=T)
   cache, outs = cache, {}
@@ -158,7 +161,8 @@ def test_heads_must_divide():
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_shared_row_cache_attends_to_each_hypothesis_own_history(kv_heads):
   """Beam search's cache (`owner`): hypothesis i of a group reads position s from row
-  owner[i, s]. Its step output equals the full causal forward over the history it owns."""
+  owner[i, s]. Its step output and attention weights equal the full causal forward's over
+  the history it owns (weights 0 on the positions not yet written)."""
   groups, k, t, d = 2, 3, 4, D
   rng = np.random.default_rng(4)
   rows_x = jnp.float32(rng.normal(size=(groups * k, t, d)))  # what each row holds
@@ -167,10 +171,14 @@ def test_shared_row_cache_attends_to_each_hypothesis_own_history(kv_heads):
   mha = MultiHeadAttention(num_heads=4, head_dim=3, num_kv_heads=kv_heads)
   variables = _init(mha, rows_x, is_causal=True)
   apply = jax.jit(lambda x, cache=None: mha.apply(variables, x, is_causal=True, cache=cache))
+  weights_of = jax.jit(lambda x, cache=None: mha.apply(
+      variables, x, is_causal=True, cache=cache, mutable=["intermediates"])[1][
+          "intermediates"]["attention_weights"][0])
   _, cache = apply(rows_x, mha.init_cache(groups * k, t + 2))
   owner = np.zeros((groups * k, t + 2, k), np.float32)
   owner[np.arange(groups * k)[:, None], np.arange(t), owner_rows] = 1.0
   shared = share_rows(cache, k)._replace(owner=jnp.asarray(owner))
+  weights = weights_of(step_x, shared)  # [n, heads, 1, t + 2]
   out, cache = apply(step_x, shared)
   np.testing.assert_array_equal(cache.owner[:, t], np.eye(k)[np.arange(groups * k) % k])
   # Each hypothesis wrote its step into its own row, at its index, and nowhere else.
@@ -184,3 +192,6 @@ def test_shared_row_cache_attends_to_each_hypothesis_own_history(kv_heads):
     sequence = jnp.concatenate([jnp.asarray(history), step_x[n]], axis=0)[None]
     full, _ = apply(sequence)
     np.testing.assert_allclose(out[n, 0], full[0, -1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(weights[n, :, 0, :t + 1], weights_of(sequence)[0, :, -1],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(weights[n, :, 0, t + 1:], 0.0)
