@@ -43,3 +43,25 @@ def test_exact_and_placed_digits_by_digit_count_averaged_over_seeds(tmp_path):
   assert (f"| model=soft | 2 | {100 * (3 / 4 + 1 / 2) / 2:.1f} | "
           f"{100 * (2 / 3 + 1) / 2:.1f} |\n") in placed
   assert (report / "exact_by_digits.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_each_caption_word_gets_its_role():
+  tokens = "a 3 top left , an 8 at the top , a 1 in the middle , a 0 on the right </s>".split()
+  assert CAPTION.roles(tokens) == [
+      "article", "digit", "first place word", "other place word", "comma",
+      "article", "digit", "first place word", "implied by the template", "other place word",
+      "comma",
+      "article", "digit", "first place word", "implied by the template",
+      "implied by the template", "comma",
+      "article", "digit", "first place word", "implied by the template", "other place word",
+      "end"]
+
+
+def test_sentinel_beta_is_summed_by_role_over_rows():
+  rows = [["a", "3", "in", "the", "middle", "</s>"], ["an", "8", "top", "left", "</s>"]]
+  betas = [[0.5, 0.25, 0.0, 1.0, 0.5, 0.75, 0.9],  # a step past EOS is not counted
+           [0.25, 0.75, 0.125, 0.5, 1.0]]
+  sums = CAPTION.beta_by_role(betas, rows)
+  assert sums == {"article": [0.75, 2], "digit": [1.0, 2], "first place word": [0.125, 2],
+                  "implied by the template": [1.5, 2], "other place word": [0.5, 1],
+                  "end": [1.75, 2]}
