@@ -5,6 +5,7 @@ fresh CI checkout on the same machine) and is keyed by the jax/jaxlib version
 and the program, so it never serves a stale executable. Override its place
 with JAX_COMPILATION_CACHE_DIR.
 """
+import json
 import os
 import time
 
@@ -109,3 +110,20 @@ def spoken_digit_recordings(tmp_path_factory):
         soundfile.write(str(directory / f"{digit}_{speaker}_{index}.wav"), tone, 8000,
                         subtype="PCM_16")
   return str(directory)
+
+
+@pytest.fixture
+def prediction_sweep(tmp_path):
+  """`write(seeds)`: a sweep root whose `model=soft` trial of seed i holds `seeds[i]` (dicts,
+  as `predictions_test.jsonl` has them), with its `sweep.json`; returns the root."""
+  def write(seeds):
+    trials = {}
+    for seed, examples in enumerate(seeds):
+      name = f"model=soft,seed={seed}"
+      (tmp_path / name).mkdir()
+      (tmp_path / name / "predictions_test.jsonl").write_text(
+          "".join(json.dumps(e) + "\n" for e in examples))
+      trials[name] = {"overrides": {"model": "soft", "seed": seed}}
+    (tmp_path / "sweep.json").write_text(json.dumps({"trials": trials}))
+    return tmp_path
+  return write

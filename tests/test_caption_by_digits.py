@@ -1,6 +1,5 @@
 """Caption exact match and digits named in place by the scene's digit count
 (experiments/caption_digits.py's report), from prediction files it did not write."""
-import json
 import os
 
 from attention_jax import experiment
@@ -9,31 +8,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CAPTION = experiment.load(os.path.join(ROOT, "experiments", "caption_digits.py"))
 
 
-def _write(path, examples):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    for references, prediction in examples:
-      source = " ".join(f"mnist:test:{i}" for i in range(len(references[0].split(","))))
-      f.write(json.dumps({"source": source, "prediction": prediction, "references": references,
-                          "correct": prediction in references}) + "\n")
+def _example(references, prediction):
+  source = " ".join(f"mnist:test:{i}" for i in range(len(references[0].split(","))))
+  return {"source": source, "prediction": prediction, "references": references,
+          "correct": prediction in references}
 
 
 TWO = ["a 3 top left , a 7 in the middle", "a 7 in the middle , a 3 top left"]
 THREE = ["a 1 top left , a 2 top right , a 5 bottom right"]  # one ordering is enough here
 
 
-def test_exact_and_placed_digits_by_digit_count_averaged_over_seeds(tmp_path):
+def test_exact_and_placed_digits_by_digit_count_averaged_over_seeds(prediction_sweep):
   seeds = [[(TWO, TWO[1]), (TWO, "a 3 top left , a 7 top right"),  # other order; a place wrong
             (THREE, "a 1 top left , a 2 top right")],  # a digit left out
            [(TWO, "a 3 top left"), (THREE, THREE[0])]]
-  trials = {}
-  for seed, examples in enumerate(seeds):
-    name = f"model=soft,seed={seed}"
-    _write(str(tmp_path / name / "predictions_test.jsonl"), examples)
-    trials[name] = {"overrides": {"model": "soft", "seed": seed}}
-  (tmp_path / "sweep.json").write_text(json.dumps({"trials": trials}))
-  assert CAPTION.main([f"--root={tmp_path}"]) == 0
-  report = tmp_path / "report"
+  root = prediction_sweep([[_example(*e) for e in examples] for examples in seeds])
+  assert CAPTION.main([f"--root={root}"]) == 0
+  report = root / "report"
   exact = (report / "exact_by_digits.md").read_text()
   assert "| configuration | seeds | 2 | 3 |\n" in exact
   # 2 digits: seed 0 1 of 2 exact, seed 1 0 of 1; 3 digits: 0 of 1, then 1 of 1.

@@ -1,6 +1,5 @@
 """OCR CER and output length by the strip's digit count (experiments/ocr_digits.py's report)
 from prediction files it did not write."""
-import json
 import os
 
 from attention_jax import experiment
@@ -9,26 +8,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OCR = experiment.load(os.path.join(ROOT, "experiments", "ocr_digits.py"))
 
 
-def _write(path, examples):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    for reference, prediction in examples:
-      source = " ".join(f"mnist:test:{i}" for i in range(len(reference)))
-      f.write(json.dumps({"source": source, "prediction": prediction,
-                          "references": [reference], "correct": prediction == reference}) + "\n")
+def _example(reference, prediction):
+  source = " ".join(f"mnist:test:{i}" for i in range(len(reference)))
+  return {"source": source, "prediction": prediction, "references": [reference],
+          "correct": prediction == reference}
 
 
-def test_cer_and_output_length_by_digit_count_averaged_over_seeds(tmp_path):
-  trials = {}
+def test_cer_and_output_length_by_digit_count_averaged_over_seeds(prediction_sweep):
   seeds = [[("123456", "12345"), ("1234567", "1234567"), ("7654321", "76543")],  # deletions
            [("123456", "023456"), ("1234567", "12")]]  # a substitution; 5 deletions
-  for seed, examples in enumerate(seeds):
-    name = f"model=soft,seed={seed}"
-    _write(str(tmp_path / name / "predictions_test.jsonl"), examples)
-    trials[name] = {"overrides": {"model": "soft", "seed": seed}}
-  (tmp_path / "sweep.json").write_text(json.dumps({"trials": trials}))
-  assert OCR.main([f"--root={tmp_path}"]) == 0
-  report = tmp_path / "report"
+  root = prediction_sweep([[_example(*e) for e in examples] for examples in seeds])
+  assert OCR.main([f"--root={root}"]) == 0
+  report = root / "report"
   # 6 digits: 1/6 and 1/6; 7 digits: seed 0 (0 + 2) / 14, seed 1 5 / 7. Mean over seeds.
   cer = (report / "cer_by_digits.md").read_text()
   assert "| configuration | seeds | 6 | 7 |\n" in cer
