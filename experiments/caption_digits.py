@@ -119,12 +119,13 @@ def _sentinel_rows(workdir: str, split: str = "test") -> dict[str, list[float]]:
 
 
 def sentinel_report(root: str) -> list[str]:
-  """The sentinel's mean beta per role for every adaptive run of the sweep under `root`,
-  written to `root/report/sentinel_beta_by_role.md`."""
+  """The sentinel's mean beta per role for every finished adaptive run of the sweep under
+  `root`, written to `root/report/sentinel_beta_by_role.md`."""
   lines = ["| run | " + " | ".join(ROLES) + " |", "|---|" + "---|" * len(ROLES)]
   for name in sorted(os.listdir(root)):
     workdir = os.path.join(root, name)
-    if "model=adaptive" not in name or not os.path.isdir(os.path.join(workdir, "best")):
+    finished = os.path.exists(os.path.join(workdir, "result.json"))  # best/ is final then
+    if "model=adaptive" not in name or not finished:
       continue
     sums = _sentinel_rows(workdir)
     cells = [f"{sums[r][0] / sums[r][1]:.3f}" if r in sums else "" for r in ROLES]
