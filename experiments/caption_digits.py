@@ -106,16 +106,13 @@ def _sentinel_rows(workdir: str, split: str = "test") -> dict[str, list[float]]:
   task = tasks.build_task(config, data.from_config(config.data))
   name, step = predict.find_checkpoint(workdir, "best")
   params = predict.restore_params(config, task, workdir, name, step)
-  total = collections.defaultdict(lambda: [0.0, 0])
+  betas, tokens = [], []
   for batch in task.batches(split, batch_size=config.data.eval_batch_size):
     real = np.asarray(batch["weights"]) > 0
     _, inter = task.intermediates(params, batch)
-    betas = np.asarray(inter["intermediates"]["sentinel_beta"][0])[real]
-    tokens = [_tokens(task.dataset.target_vocab, t) for t in np.asarray(batch["targets"])[real]]
-    for role, (beta, count) in beta_by_role(betas, tokens).items():
-      total[role][0] += beta
-      total[role][1] += count
-  return dict(total)
+    betas += list(np.asarray(inter["intermediates"]["sentinel_beta"][0])[real])
+    tokens += [_tokens(task.dataset.target_vocab, t) for t in np.asarray(batch["targets"])[real]]
+  return beta_by_role(betas, tokens)
 
 
 def sentinel_report(root: str) -> list[str]:
