@@ -172,11 +172,10 @@ def machine_info(threads: Mapping[str, Any]) -> dict[str, Any]:
           "python": platform.python_version(), "jax": jax.__version__,
           "jaxlib": jaxlib.__version__, "jax_backend": jax.default_backend(),
           "xla_flags": os.environ.get("XLA_FLAGS", ""), "threads": dict(threads)}
-  try:
-    import torch
+  info["torch"] = None  # the peers' version: none where they do not run (no torch, or off the CPU)
+  if have_torch():
+    import torch  # pylint: disable=import-outside-toplevel
     info["torch"] = torch.__version__
-  except ImportError:
-    info["torch"] = None
   return info
 
 
