@@ -19,7 +19,8 @@ Sweeps (`python -m launch.sweep --config=experiments/g2p_attention.py --sweep=NA
 `sweep`, every attention kind and score; `small`, the 2-core ablation of `make sweep`;
 `hard_estimators`, soft vs hard attention trained by each estimator;
 `converged`, the best of `sweep` without stress, trained until dev WER stops improving;
-`standard`, that wide model on the published split, also beam-decoded.
+`standard`, that wide model on the published split, also beam-decoded; `standard_levers`,
+that run with one training lever changed (seed 0, as `standard`).
 Search (`python -m launch.sweep --config=experiments/g2p_attention.py --search=optuna
 --trials=20 --root=runs/g2p_search`): `search_space`, Luong attention's learning rate,
 dropout, width and score.
@@ -128,3 +129,11 @@ def search_space(trial):
   hidden = trial.suggest_categorical("model.hidden_dim", [64, 128, 256])
   trial.suggest_categorical("score", ["dot", "general", "additive", "location"])
   return {"model.src_embed_dim": hidden // 2, "model.tgt_embed_dim": hidden // 2}
+
+
+def standard_levers(add):
+  """The `standard` run with one lever of issue 18 changed, same seed: label smoothing 0.1
+  (Szegedy et al. 2016; our Transformers' default). Each is also an ensemble member."""
+  common = dict(attention="luong", score="location", standard=True, steps=40000, test=True,
+                beam=4, **experiment.CONVERGED, **WIDE)
+  add(**common, **{"task.label_smoothing": 0.1})
