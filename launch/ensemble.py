@@ -5,7 +5,8 @@ r"""Evaluate an ensemble of trained runs: their mean probability, token by token
     python -m launch.report --root=runs/ensembles --which=test_beam
 
 The members are runs of one text-to-text config (seeds, typically): their model, task and
-data configs must be equal (where each read its data files aside). Each evaluator named in
+data configs must be equal (where each read its data files aside, and the keys that only
+shape training: label smoothing, dropout). Each evaluator named in
 --evals (default: every one of the first member's config) runs once over the ensemble
 (`tasks.ensemble`): its split and sample, decoding (greedy, or one beam search over the
 mean distribution) and metrics, as the members were scored, with every prediction written
@@ -45,6 +46,8 @@ from launch import manifest as manifest_lib
 CONFIG, SWEEP = "launch.ensemble", "ensembles"  # what the root's sweep.json says it holds
 SHARED = ("model", "task", "data")  # config sections every member must have equal...
 PLACES = ("data.data_dir", "data.manual_dir")  # ...but where each run read its files
+# ...and what only shapes training (the loss, dropout): members may differ in these.
+TRAINING_ONLY = ("task.label_smoothing", "model.dropout_rate")
 
 
 class EnsembleError(Exception):
@@ -69,7 +72,7 @@ def _differing_key(a, b, prefix: str) -> str | None:
       if found:
         return found
     return None
-  return None if a == b or prefix in PLACES else prefix
+  return None if a == b or prefix in PLACES + TRAINING_ONLY else prefix
 
 
 def load_members(dirs: list[str]) -> list:

@@ -381,10 +381,12 @@ def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, r
   config = json.loads(open(os.path.join(rnn, "config.json")).read())
   config["model"]["hidden_dim"] += 1
   (other / "config.json").write_text(json.dumps(config))
-  moved = tmp_path / "moved"  # the same run's config, its data read from elsewhere
+  moved = tmp_path / "moved"  # the same model and data, read from elsewhere, trained otherwise
   moved.mkdir()
   config["model"]["hidden_dim"] -= 1
   config["data"]["data_dir"] = "/elsewhere"
+  config["task"]["label_smoothing"] = 0.1  # trained otherwise, decodes alike
+  config["model"]["dropout_rate"] = 0.3
   (moved / "config.json").write_text(json.dumps(config))
   from launch import ensemble  # pylint: disable=import-outside-toplevel
   assert len(ensemble.load_members([rnn, str(moved)])) == 2
