@@ -85,7 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(name="rnn_seq2seq", dtype="float32"))
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=3e-3, warmup_steps=200, schedule="rsqrt", b1=0.9, b2=0.98,
-      weight_decay=0.0, grad_clip_norm=1.0))
+      weight_decay=0.0, grad_clip_norm=1.0,
+      ema_decay=0.0,  # > 0: evaluate, select and decode with the parameters' moving average
+  ))
   c.train = ml_collections.ConfigDict(dict(
       steps=2000,
       log_every=50,  # metrics are fetched from the device, checked and written this often

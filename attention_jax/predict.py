@@ -93,7 +93,8 @@ def find_checkpoint(workdir: str, which: str) -> tuple[str, int]:
 
 
 def restore_params(config, task, workdir: str, name: str, step: int):
-  """The parameters of checkpoint `name/step`, on the host. The directory exists (checked):
+  """The parameters of checkpoint `name/step` that evaluation used (their moving average
+  where training kept one: `optim.eval_params`), on the host. The directory exists (checked):
   `Checkpoints` would create a missing one. An explicit step sets nothing aside."""
   tx, _ = optim.make_optimizer(config.optim, config.train.steps)
   mesh = partition.make_mesh(config.train.mesh_shape)
@@ -105,7 +106,7 @@ def restore_params(config, task, workdir: str, name: str, step: int):
     raise PredictError(str(e)) from None
   finally:
     ckpt.close()
-  return jax.device_get(state.params)
+  return jax.device_get(optim.eval_params(state))
 
 
 def input_limit(model) -> int | None:

@@ -127,3 +127,17 @@ def prediction_sweep(tmp_path):
     (tmp_path / "sweep.json").write_text(json.dumps({"trials": trials}))
     return tmp_path
   return write
+
+
+@pytest.fixture
+def numpy_ema():
+  """The parameters' moving average by the documented rule (`optim.params_ema`), in NumPy:
+  start at p_0; step t (from 0) takes p_{t+1} with weight 1 - min(decay, (1 + t) / (10 + t)).
+  Takes the trajectory [p_0, ..., p_n] of flat dicts and the decay."""
+  def average(trajectory, decay):
+    ema = {k: np.array(v, np.float64) for k, v in trajectory[0].items()}
+    for t, params in enumerate(trajectory[1:]):
+      keep = min(decay, (1 + t) / (10 + t))
+      ema = {k: keep * ema[k] + (1 - keep) * np.asarray(params[k]) for k in ema}
+    return ema
+  return average

@@ -295,7 +295,7 @@ class Run:
     self.out.progress.update(step, logged)
     started = time.perf_counter()
     for ev in due:
-      self._evaluate(ev, self.state.params, step)
+      self._evaluate(ev, optim.eval_params(self.state), step)
     window.exclude(time.perf_counter() - started)
     if saving:
       self.ckpt.save(step, self.state, self.data_state)
@@ -319,7 +319,7 @@ class Run:
 
   def _end_evaluation(self, ev) -> dict:
     """An `every=0` evaluator, with the best step's parameters when `use_best`."""
-    params, step = self.state.params, self.step
+    params, step = optim.eval_params(self.state), self.step
     if ev.cfg.use_best and self.best_ckpt is not None and self.best_ckpt.latest_step() is not None:
       self.best_ckpt.wait()
       try:
@@ -327,7 +327,7 @@ class Run:
       except checkpoint.DamagedError as e:
         raise StorageError(f"{e}; move {self.best_ckpt.directory} aside to score the last "
                            "step instead") from None
-      params = best.params
+      params = optim.eval_params(best)
     scores = self._evaluate(ev, params, step)
     return {ev.name: scores, f"{ev.name}_split": ev.cfg.split, f"{ev.name}_step": step}
 
@@ -346,7 +346,7 @@ class Run:
 
   def _final_result(self, config_hash: str, prov: dict | None) -> dict:
     if not self.history:  # resumed at the last step before any evaluation was recorded
-      self._evaluate(self.evals[self.select], self.state.params, self.step)
+      self._evaluate(self.evals[self.select], optim.eval_params(self.state), self.step)
     ends = {}
     for ev in self.evals.values():
       if not ev.cfg.every or ev.cfg.use_best:

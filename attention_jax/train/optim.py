@@ -1,8 +1,10 @@
-"""Optimizer and learning-rate schedule from `config.optim`."""
+"""Optimizer, learning-rate schedule and parameter averaging from `config.optim`."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("constant", "rsqrt", "cosine")
@@ -43,4 +45,42 @@ def make_optimizer(optim: Mapping[str, Any], total_steps: int) -> tuple[
     raise ValueError(f"optim.name={name!r} is unknown; known: adamw, adam, sgd")
   clip = optim["grad_clip_norm"]
   tx = optax.chain(optax.clip_by_global_norm(clip), opt) if clip else opt
+  decay = optim.get("ema_decay", 0.0)  # absent from configs written before it existed
+  if decay:
+    tx = optax.chain(tx, params_ema(decay))
   return tx, schedule
+
+
+class ParamsEmaState(NamedTuple):
+  """The moving average of the parameters after each step, and the steps it has seen."""
+  count: jax.Array
+  ema: Any
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+  """Keeps an exponential moving average of the parameters in the optimizer state (Polyak
+  averaging), leaving the updates as they are; last in a chain, it sees the final update.
+
+  Step t averages with min(decay, (1 + t) / (10 + t)), TensorFlow's ExponentialMovingAverage
+  with num_updates: early steps, whose parameters are far from the end, weigh less than a
+  fixed decay near 1 would keep them. `eval_params` reads the average back.
+  """
+  def init(params):
+    return ParamsEmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.copy, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("params_ema needs the parameters: call tx.update(updates, state, params)")
+    t = state.count.astype(jnp.float32)
+    rate = 1.0 - jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    ema = optax.incremental_update(optax.apply_updates(params, updates), state.ema, rate)
+    return updates, ParamsEmaState(state.count + 1, ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def eval_params(state):
+  """The parameters to evaluate and decode with: the moving average where the optimizer
+  keeps one (`optim.ema_decay` > 0), else the trained parameters."""
+  averaged = optax.tree_utils.tree_get(state.opt_state, "ParamsEmaState")
+  return state.params if averaged is None else averaged.ema

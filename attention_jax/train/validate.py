@@ -72,6 +72,7 @@ RANGES = (
     ("optim.learning_rate", 0, INF, "[)"), ("optim.warmup_steps", 0, INF, "[)"),
     ("optim.b1", 0, 1, "[)"), ("optim.b2", 0, 1, "[)"), ("optim.momentum", 0, 1, "[)"),
     ("optim.weight_decay", 0, INF, "[)"), ("optim.grad_clip_norm", 0, INF, "[)"),
+    ("optim.ema_decay", 0, 1, "[)"),
     ("task.label_smoothing", 0, 1, "[)"), ("model.temperature", 0, INF, "()"),
     ("task.ctc_weight", 0, 1, "[]"), ("task.ctc_decode_weight", 0, 1, "[]"),
     ("task.freq_masks", 0, INF, "[)"), ("task.freq_width", 0, INF, "[)"),

@@ -1,13 +1,16 @@
 """Best-step selection, early stopping on the dev metric, and the test split scored with the
-best step's parameters."""
+best step's parameters; evaluation and decoding with the parameters' moving average."""
 import json
 import os
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from attention_jax import experiment, tasks
+from attention_jax import data, experiment, predict, tasks
 from attention_jax.evaluate import metrics
-from attention_jax.train import history as history_lib, loop, validate
+from attention_jax.train import history as history_lib, loop, optim, partition, setup, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "tests", "launch", "sweep_experiment.py")
@@ -75,3 +78,46 @@ def test_unknown_test_split_is_a_config_error(tmp_path, monkeypatch, shared_data
   with pytest.raises(loop.ConfigError, match="evals.test.split='tset' is not a split"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+def _ema_config(ema_decay):
+  config = _config(steps=2, checkpoint_every=1, log_every=1)
+  config.optim.ema_decay = ema_decay
+  return config
+
+
+def test_a_run_evaluates_and_decodes_with_the_average(tmp_path, monkeypatch, shared_data_dir,
+                                                      numpy_ema):
+  monkeypatch.setenv("ATTENTION_JAX_DATA_DIR", shared_data_dir)
+  runs = {}
+  for decay in (0.0, 0.5):
+    runs[decay] = str(tmp_path / f"ema{decay}")
+    loop.train_and_evaluate(_ema_config(decay), runs[decay])
+  logs = {d: [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]
+          for d, w in runs.items()}
+  train = {d: [r["loss"] for r in log if r["split"] == "train"] for d, log in logs.items()}
+  dev = {d: [r["loss"] for r in log if r["split"] == "dev"] for d, log in logs.items()}
+  assert train[0.0] == train[0.5] and len(train[0.0]) == 2  # the same training...
+  assert dev[0.0] != dev[0.5]  # ...evaluated with other parameters
+  # The averaged run's checkpoint decodes with p0 averaged with the plain run's p1 and p2.
+  config = _ema_config(0.5)
+  task = tasks.build_task(config, data.from_config(config.data))
+  tx, _ = optim.make_optimizer(config.optim, config.train.steps)
+  mesh = partition.make_mesh(config.train.mesh_shape)
+  first, _ = setup.create_state(task, tx, jax.random.key(config.seed), config.data.batch_size,
+                                mesh)
+  flat = lambda tree: dict(jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0])
+  trajectory = [flat(first.params)] + [
+      flat(ocp.StandardCheckpointer().restore(
+          os.path.join(runs[0.0], "checkpoints", str(step), "state"))["params"])
+      for step in (1, 2)]
+  got = flat(predict.restore_params(config, task, runs[0.5], "checkpoints", 2))
+  want = numpy_ema(trajectory, 0.5)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+  assert any(not np.allclose(got[k], trajectory[-1][k]) for k in want)
+
+
+def test_a_decay_of_one_is_refused():
+  with pytest.raises(validate.ConfigError, match=r"optim.ema_decay=1.0 is out of range"):
+    validate.check_config(_ema_config(1.0))
