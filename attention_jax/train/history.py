@@ -124,6 +124,21 @@ class WorkdirError(ValueError):
   """The workdir cannot hold this run."""
 
 
+# Config keys added after runs were written, with the value that keeps such a run's meaning:
+# a saved config without the key resumes under a config that holds it at this value.
+ADDED_KEYS = {("optim", "ema_decay"): 0.0}
+
+
+def same_config(saved: dict, new: dict) -> bool:
+  """Whether a saved config.json (provenance dropped) holds the run `new` describes."""
+  new = {section: dict(values) if isinstance(values, dict) else values
+         for section, values in new.items()}
+  for (section, key), off in ADDED_KEYS.items():
+    if key not in saved.get(section, {}) and new.get(section, {}).get(key, off) == off:
+      new.get(section, {}).pop(key, None)
+  return saved == new
+
+
 def prepare_workdir(workdir: str, config_json: str, write: bool,
                     provenance: dict | None = None) -> None:
   """Create the workdir; refuse one that holds a different run. A new run's config.json
@@ -138,7 +153,7 @@ def prepare_workdir(workdir: str, config_json: str, write: bool,
     with open(path) as f:
       saved = json.load(f)
     saved.pop(provenance_lib.KEY, None)
-    if saved != json.loads(config_json):
+    if not same_config(saved, json.loads(config_json)):
       raise WorkdirError(f"workdir {workdir!r} holds a run of another config "
                          f"(see {path}); use a new --workdir")
   elif write:

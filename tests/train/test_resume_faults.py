@@ -425,3 +425,20 @@ class _FullFile:
     self.flush()
 
 
+
+
+def test_a_workdir_of_another_config_is_refused_but_one_from_before_a_new_key_resumes(tmp_path):
+  from attention_jax import experiment  # pylint: disable=import-outside-toplevel
+  config = experiment.base_config().to_dict()
+  workdir = str(tmp_path / "run")
+  old = json.loads(json.dumps(config))
+  del old["optim"]["ema_decay"]  # written before the key existed
+  history_lib.prepare_workdir(workdir, json.dumps(old), write=True, provenance={"git": 1})
+  history_lib.prepare_workdir(workdir, json.dumps(config), write=True)  # resumes
+  before = open(os.path.join(workdir, "config.json")).read()
+  for section, key, value in (("optim", "ema_decay", 0.999), ("optim", "learning_rate", 1.0)):
+    other = json.loads(json.dumps(config))
+    other[section][key] = value
+    with pytest.raises(history_lib.WorkdirError, match="holds a run of another config"):
+      history_lib.prepare_workdir(workdir, json.dumps(other), write=True)
+  assert open(os.path.join(workdir, "config.json")).read() == before
