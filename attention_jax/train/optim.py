@@ -61,9 +61,10 @@ def params_ema(decay: float) -> optax.GradientTransformation:
   """Keeps an exponential moving average of the parameters in the optimizer state (Polyak
   averaging), leaving the updates as they are; last in a chain, it sees the final update.
 
-  Step t averages with min(decay, (1 + t) / (10 + t)), TensorFlow's ExponentialMovingAverage
-  with num_updates: early steps, whose parameters are far from the end, weigh less than a
-  fixed decay near 1 would keep them. `eval_params` reads the average back.
+  Step t keeps min(decay, (1 + t) / (10 + t)) of the average, as TensorFlow's
+  ExponentialMovingAverage with num_updates: the average leaves the initial parameters
+  within tens of steps, where a fixed decay of 0.999 would hold them for thousands.
+  `eval_params` reads the average back.
   """
   def init(params):
     return ParamsEmaState(jnp.zeros([], jnp.int32), jax.tree.map(jnp.copy, params))
