@@ -135,7 +135,7 @@ def setup(args) -> dict[str, Any]:
   """What the search needs of its flags and experiment file; a ValueError for bad usage."""
   if args.trials is None or args.trials < 1:
     raise ValueError(f"--search needs --trials N with N >= 1, got {args.trials}")
-  if args.seeds:
+  if trials_lib.parse_seeds(args.seeds):
     raise ValueError("--seeds repeats a grid's trials; a search draws its own (drop --seeds)")
   if args.backend == "print":
     raise ValueError("--backend=print lists a grid; a search asks for its trials as it runs")

@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--backend", choices=("local", "slurm", "print"), default="local")
   p.add_argument("--max-parallel", type=int, default=1,
                  help="local: trials at once; a search on SLURM: jobs at once")
-  p.add_argument("--seeds", type=int, default=0, help="repeat every trial with seeds 0..K-1")
+  p.add_argument("--seeds", default="0",
+                 help="repeat every trial with seeds 0..K-1 (K), or A..B-1 (A:B)")
   p.add_argument("--keep", help="a directory to commit: each finished trial's result, metrics "
                  "and config are copied there, and restored from there into a root that lacks "
                  "them (launch/keep.py)")

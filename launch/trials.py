@@ -5,7 +5,8 @@ An experiment file declares its grid as a function `sweep(add)`: every
 An override key without a dot is a config argument (what follows the colon in
 `--config=experiments/x.py:key=value`); a dotted key sets that config value
 (`add(**{"train.steps": 5000})` -> `--config.train.steps=5000`); `seed` sets
-`config.seed`. `--seeds K` repeats every trial with seeds 0..K-1.
+`config.seed`. `--seeds K` repeats every trial with seeds 0..K-1, `--seeds A:B` with seeds
+A..B-1 (more seeds for a sweep that has run some: a root's runs are found by name).
 """
 from __future__ import annotations
 
@@ -103,7 +104,20 @@ def build_config(module, config_spec: str, trial: Trial) -> Any:
   return config
 
 
-def expand(config_spec: str, sweep: str = "sweep", seeds: int = 0) -> list[Trial]:
+def parse_seeds(text: str | int) -> range:
+  """--seeds: 'K' -> seeds 0..K-1 ('0': none, each trial as its sweep adds it), 'A:B' -> A..B-1."""
+  start, colon, stop = str(text).rpartition(":")
+  try:
+    seeds = range(int(start) if colon else 0, int(stop))
+  except ValueError:
+    seeds = None
+  if seeds is None or seeds.start < 0 or seeds.stop < 0 or (colon and not seeds):
+    raise ValueError(f"--seeds={text}: expected K (seeds 0..K-1) or A:B (seeds A..B-1, "
+                     "0 <= A < B)")
+  return seeds
+
+
+def expand(config_spec: str, sweep: str = "sweep", seeds: str | int = 0) -> list[Trial]:
   """The trials of `sweep` in the experiment of `config_spec`, checked and uniquely named.
 
   Raises a ValueError naming the experiment file, the sweep or the trial at fault.
@@ -117,12 +131,11 @@ def expand(config_spec: str, sweep: str = "sweep", seeds: int = 0) -> list[Trial
   sweep_fn(lambda **overrides: grid.append(overrides))
   if not grid:
     raise ValueError(f"{path}:{sweep} added no trials")
-  if seeds < 0:
-    raise ValueError(f"--seeds must be 0 or more, got {seeds}")
+  seeds = parse_seeds(seeds)
   if seeds:
     if any("seed" in o for o in grid):
       raise ValueError(f"{path}:{sweep} sets seed itself; drop --seeds")
-    grid = [dict(o, seed=s) for o in grid for s in range(seeds)]
+    grid = [dict(o, seed=s) for o in grid for s in seeds]
   trials, names = [], {}
   for overrides in grid:
     trial = Trial(trial_name(overrides), overrides)

@@ -58,6 +58,13 @@ def test_product_seeds_and_names(spec):
                                                for s in range(3)]
   assert seeded[1].name == "cell=gru,score=dot,seed=1"
   assert len({t.name for t in seeded}) == 18
+  more = trials.expand(spec, seeds="3:5")  # seeds 3 and 4, named as --seeds=5 names them
+  assert [t.name for t in more] == [t.name for t in trials.expand(spec, seeds="5")
+                                    if t.overrides["seed"] >= 3]
+  assert [t.config.seed for t in more[:2]] == [3, 4]
+  for bad in ("-1", "2:2", "3:1", "x", "1:y", "-1:2"):
+    with pytest.raises(ValueError, match=f"--seeds={bad}: expected K"):
+      trials.expand(spec, seeds=bad)
 
 
 def test_command_merges_spec_arguments_overrides_and_seed(spec):
