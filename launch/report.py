@@ -308,9 +308,9 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__.split("\n")[0])
   p.add_argument("--root", required=True, help="the sweep's --root")
   p.add_argument("--metric", help="the metric that picks the best row (default: the runs' best_by)")
-  p.add_argument("--which", choices=("final", "best", "test"), default="final",
-                 help="final eval, the eval step best by the runs' best_by metric, or that "
-                      "step's scores on the test split (train.test_split)")
+  p.add_argument("--which", default="final",
+                 help="final eval, the eval step best by the runs' best_by metric, or an "
+                      "end evaluator's scores at that step: test, dev_beam, test_beam")
   p.add_argument("--out", help="output directory (default <root>/report)")
   args = p.parse_args(argv)
   try:
