@@ -30,7 +30,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from attention_jax import compile_cache, experiment
+from attention_jax import compile_cache, experiment, host_memory
 from attention_jax.data import DataError
 from attention_jax.train import distributed, loop, provenance
 
@@ -72,6 +72,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # absl's INFO lines would bury the progress output
+  host_memory.keep_freed_memory()  # before XLA's threads start
   compile_cache.enable()
   config = _CONFIG.value
   # Absolute before anything uses it: Orbax, the lock and result paths agree on one place.

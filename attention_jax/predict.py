@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from attention_jax import compile_cache, data, tasks
+from attention_jax import compile_cache, data, host_memory, tasks
 from attention_jax.predict_io import PredictError
 from attention_jax import predict_io as io_lib
 from attention_jax import predict_lm
@@ -245,6 +245,7 @@ def run(workdir: str, args: list[str]) -> list[dict]:
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)
+  host_memory.keep_freed_memory()
   compile_cache.enable()
   try:
     results = run(_WORKDIR.value, argv[1:])

@@ -88,8 +88,10 @@ def main(argv=None) -> int:
   threads = set_threads()
 
   import jax
-  from attention_jax import compile_cache
+  from attention_jax import compile_cache, host_memory
   from bench import harness
+
+  kept = host_memory.keep_freed_memory()  # as the trainer runs; torch's allocations too
 
   # Compilation is excluded from the timings; the persistent cache only makes reruns start sooner.
   jax.config.update("jax_compilation_cache_dir", os.environ.get(
@@ -139,6 +141,7 @@ def main(argv=None) -> int:
   # Load averages (1, 5, 15 min): our own run accounts for up to ~2; more means company.
   settings = {"quick": args.quick, "repeats": repeats, "budget_s_per_case": budget,
               "only": selected, "wall_s": round(time.time() - started, 1),
+              "malloc_keeps_freed_memory": kept,
               "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               "loadavg_at_section_start": section_load}
   path = harness.write_results(harness.results_path(args.out, info["host"]), rows, info, settings)

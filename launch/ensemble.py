@@ -34,7 +34,7 @@ import time
 import jax
 import numpy as np
 
-from attention_jax import data, predict, tasks
+from attention_jax import data, host_memory, predict, tasks
 from attention_jax.data import paths
 from attention_jax.predict_io import PredictError
 from attention_jax.tasks.ensemble import EnsembleTask
@@ -215,6 +215,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
+  host_memory.keep_freed_memory()
   try:
     run(args)
   except (EnsembleError, lock.LockError, ValueError) as e:
