@@ -2,6 +2,8 @@ r"""Evaluate an ensemble of trained runs: their mean probability, token by token
 
     python -m launch.ensemble --members=runs/std/a,runs/std/b,runs/std/c \
         --workdir=runs/ensembles/abc [--checkpoint=best] [--evals=dev,test,dev_beam,test_beam]
+    python -m launch.ensemble --members "runs/std/attention=luong,seed=0" \
+        "runs/std/attention=luong,seed=1" --workdir=runs/ensembles/seeds  # a sweep's trials
     python -m launch.report --root=runs/ensembles --which=test_beam
 
 The members are runs of one text-to-text config (seeds, typically): their model, task and
@@ -57,7 +59,9 @@ class EnsembleError(Exception):
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m launch.ensemble",
                               description=__doc__.split("\n")[0])
-  p.add_argument("--members", required=True, help="comma-separated workdirs of trained runs")
+  p.add_argument("--members", required=True, nargs="+",
+                 help="workdirs of trained runs, comma- or space-separated (a sweep's trial "
+                      "dirs have commas in their names: give those space-separated)")
   p.add_argument("--workdir", required=True, help="the ensemble's dir; its parent, the root")
   p.add_argument("--checkpoint", default="best", help="best, latest or a step, for every member")
   p.add_argument("--evals", default="", help="comma-separated evaluator names (default: all)")
@@ -73,6 +77,11 @@ def _differing_key(a, b, prefix: str) -> str | None:
         return found
     return None
   return None if a == b or prefix in PLACES + TRAINING_ONLY else prefix
+
+
+def member_dirs(values: list[str]) -> list[str]:
+  """--members: each value an existing directory as it stands, else a comma-separated list."""
+  return [d for v in values for d in ([v] if os.path.isdir(v) else v.split(",")) if d]
 
 
 def load_members(dirs: list[str]) -> list:
@@ -141,7 +150,7 @@ def check(args) -> tuple:
   """(workdir, members' dirs, config, evaluator names, checkpoints): every check that needs
   no data, made before anything is written."""
   workdir = os.path.abspath(args.workdir)
-  dirs = [os.path.abspath(d) for d in args.members.split(",") if d]
+  dirs = [os.path.abspath(d) for d in member_dirs(args.members)]
   config = load_members(dirs)[0]
   names = [n for n in args.evals.split(",") if n] or list(config.evals)
   unknown = [n for n in names if n not in config.evals]

@@ -390,6 +390,9 @@ def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, r
   (moved / "config.json").write_text(json.dumps(config))
   from launch import ensemble  # pylint: disable=import-outside-toplevel
   assert len(ensemble.load_members([rnn, str(moved)])) == 2
+  trial = tmp_path / "attention=luong,seed=0"  # a sweep's trial dir: commas in its name
+  trial.mkdir()
+  assert ensemble.member_dirs([f"{rnn},{moved}", str(trial)]) == [rnn, str(moved), str(trial)]
   out = tmp_path / "ens" / "E"
   cases = [([f"--members={rnn},{other}"], rf"{other} differs from {rnn} in model.hidden_dim"),
            ([f"--members={rnn}"], "needs two runs or more, got 1"),
