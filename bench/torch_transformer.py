@@ -59,7 +59,8 @@ G2P_SIZES = dict(src_vocab=31, vocab=73, d_model=128, heads=4, d_ff=512, layers=
                  dropout=0.1)
 LABEL_SMOOTHING = 0.1
 G2P_OPTIM = dict(name="adamw", learning_rate=1e-3, warmup_steps=400, schedule="rsqrt", b1=0.9,
-                 b2=0.98, weight_decay=0.0, grad_clip_norm=1.0)
+                 b2=0.98, weight_decay=0.0, grad_clip_norm=1.0,
+                 ema_decay=0.0)  # the peer keeps no moving average of its parameters
 G2P_STEPS = 3000
 LAYER_NORM_EPS = 1e-6  # Flax's nn.LayerNorm default
 
