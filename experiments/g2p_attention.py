@@ -114,11 +114,15 @@ def hard_estimators(add):
   add(attention="hard", score="general", credit="step", xu=True)
 
 
+# The `standard` sweep's run; `standard_levers` changes one thing in it.
+STANDARD = dict(attention="luong", score="location", standard=True, steps=40000, test=True,
+                beam=4, **experiment.CONVERGED, **WIDE)
+
+
 def standard(add):
   """Our RNN on the published split (`cmudict_g2p/standard`): the converged sweep's wide
   model trained until dev WER stops improving, its best dev step also beam-decoded (k=4)."""
-  add(attention="luong", score="location", standard=True, steps=40000, test=True, beam=4,
-      **experiment.CONVERGED, **WIDE)
+  add(**STANDARD)
 
 
 def search_space(trial):
@@ -136,7 +140,5 @@ def standard_levers(add):
   (Szegedy et al. 2016; our Transformers' default); evaluation with the parameters' moving
   average, decay 0.999 (Polyak averaging, `optim.ema_decay`). Each is also an ensemble
   member."""
-  common = dict(attention="luong", score="location", standard=True, steps=40000, test=True,
-                beam=4, **experiment.CONVERGED, **WIDE)
-  add(**common, **{"task.label_smoothing": 0.1})
-  add(**common, **{"optim.ema_decay": 0.999})
+  add(**STANDARD, **{"task.label_smoothing": 0.1})
+  add(**STANDARD, **{"optim.ema_decay": 0.999})
