@@ -110,10 +110,11 @@ def find_checkpoints(dirs: list[str], which: str) -> list[tuple[str, int]]:
     raise EnsembleError(str(e)) from None
 
 
-def restore(config, task, dirs: list[str], found: list[tuple[str, int]], say) -> tuple:
-  """The members' parameters."""
+def restore(configs: list, task, dirs: list[str], found: list[tuple[str, int]], say) -> tuple:
+  """The members' parameters, each restored with its own optimizer (members may differ in
+  `optim`: one that kept a moving average has it in its optimizer state)."""
   params = []
-  for d, (name, step) in zip(dirs, found):
+  for config, d, (name, step) in zip(configs, dirs, found):
     try:
       params.append(predict.restore_params(config, task, d, name, step))
     except PredictError as e:
@@ -147,11 +148,12 @@ def _members_wall_s(dirs: list[str]) -> float:
 
 
 def check(args) -> tuple:
-  """(workdir, members' dirs, config, evaluator names, checkpoints): every check that needs
-  no data, made before anything is written."""
+  """(workdir, members' dirs, their configs, evaluator names, checkpoints): every check that
+  needs no data, made before anything is written."""
   workdir = os.path.abspath(args.workdir)
   dirs = [os.path.abspath(d) for d in member_dirs(args.members)]
-  config = load_members(dirs)[0]
+  configs = load_members(dirs)
+  config = configs[0]
   names = [n for n in args.evals.split(",") if n] or list(config.evals)
   unknown = [n for n in names if n not in config.evals]
   if unknown:
@@ -160,12 +162,14 @@ def check(args) -> tuple:
   found = find_checkpoints(dirs, args.checkpoint)
   if os.path.exists(os.path.join(workdir, "result.json")):
     raise EnsembleError(f"{workdir} already holds a result.json; use another --workdir")
-  return workdir, dirs, config, names, found
+  return workdir, dirs, configs, names, found
 
 
-def evaluate(config, dirs: list[str], names: list[str], found, workdir: str, say) -> dict:
+def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: str,
+             say) -> dict:
   """Builds the ensemble, runs its evaluators and returns result.json's contents."""
   start = time.time()
+  config = configs[0]
   dataset = data.from_config(config.data)
   member_task = tasks.build_task(config, dataset)
   try:
@@ -173,7 +177,7 @@ def evaluate(config, dirs: list[str], names: list[str], found, workdir: str, say
   except ValueError as e:
     raise EnsembleError(str(e)) from None
   evals = _evaluators(config, names, task, workdir)
-  params = restore(config, member_task, dirs, found, say)
+  params = restore(configs, member_task, dirs, found, say)
   steps_ = [step for _, step in found]
   result = {}
   for name, ev in evals.items():
@@ -192,7 +196,8 @@ def evaluate(config, dirs: list[str], names: list[str], found, workdir: str, say
 
 def run(args) -> dict:
   """Checks, then evaluates the ensemble into its workdir and registers it in the root."""
-  workdir, dirs, config, names, found = check(args)
+  workdir, dirs, configs, names, found = check(args)
+  config = configs[0]
   os.makedirs(workdir, exist_ok=True)
   with lock.hold(workdir, what="ensemble workdir"), \
        open(os.path.join(workdir, "log.txt"), "a") as log:
@@ -209,7 +214,7 @@ def run(args) -> dict:
     manifest_lib.register_run(workdir, CONFIG, SWEEP, status="running",
                               overrides={"members": len(dirs), "checkpoint": args.checkpoint})
     try:
-      result = evaluate(config, dirs, names, found, workdir, say)
+      result = evaluate(configs, dirs, names, found, workdir, say)
     except BaseException as e:
       status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
       manifest_lib.register_run(workdir, CONFIG, SWEEP, status=status)

@@ -12,6 +12,8 @@ Faults (docs/reliability.md):
   to `<step>.damaged` (kept as evidence; orbax ignores them, so the step can be
   saved again). If every checkpoint is damaged, `DamagedError`: nothing is
   moved and nothing restarts from step 0 over them.
+* A checkpoint of another state structure than the config builds (another model or
+  optimizer) is not damage: `StructureError` at once, nothing moved.
 * A save that fails (a full disk) raises `WriteError` naming the checkpoint
   and the last good step, as soon as the background write fails.
 """
@@ -41,6 +43,14 @@ class CheckpointError(RuntimeError):
 
 class DamagedError(CheckpointError):
   """No checkpoint in the directory restores."""
+
+
+class StructureError(DamagedError):
+  """A checkpoint holds another state than the config builds: the files are intact."""
+
+
+# orbax's ValueError when the saved tree and the one asked for differ in structure.
+_OTHER_STRUCTURE = "tree structures do not match"
 
 
 class WriteError(CheckpointError):
@@ -207,7 +217,8 @@ class Checkpoints:
               accept: Callable[[dict], None] | None = None) -> tuple[Any, dict, int]:
     """(state, data iterator state, step) of `step` or the newest intact checkpoint, laid
     out like `state_like`. `accept(data_state)` raising also marks a checkpoint damaged.
-    Warns once per damaged checkpoint; raises DamagedError when none restores."""
+    Warns once per damaged checkpoint; raises DamagedError when none restores, and its
+    StructureError at once for a checkpoint of another state structure."""
     steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
     if not steps:
       raise DamagedError(f"no checkpoint in {self.directory}")
@@ -218,6 +229,11 @@ class Checkpoints:
         if accept is not None:
           accept(data_state)
       except Exception as e:  # orbax, tensorstore and json raise many types for a bad file
+        if _OTHER_STRUCTURE in str(e):  # every step would fail alike: stop, move nothing
+          raise StructureError(
+              f"checkpoint {os.path.join(self.directory, str(s))} holds another state "
+              "structure than this config builds (another model or optimizer, such as "
+              "optim.ema_decay on or off); it is intact and was not moved") from None
         damaged.append(f"{os.path.join(self.directory, str(s))} ({first_line(e)})")
         _warn(f"checkpoint {damaged[-1]} is damaged")
         continue

@@ -190,6 +190,25 @@ def test_restore_falls_back_in_process_and_resaves_the_damaged_step(tmp_path, ca
   assert checkpoint.Checkpoints(str(tmp_path), every=1).restore(_state())[2] == 3
 
 
+def test_another_state_structure_is_not_damage(tmp_path):
+  """A checkpoint saved with a moving average, restored into a state without one: one line
+  that says so, and the checkpoints stay where they are (none is taken for damaged)."""
+  state = _state()
+  ema_tx, _ = optim.make_optimizer(dict(name="adamw", learning_rate=1e-2, warmup_steps=0,
+                                        schedule="constant", b1=0.9, b2=0.98, weight_decay=0.0,
+                                        grad_clip_norm=1.0, ema_decay=0.9), 10)
+  ckpt = checkpoint.Checkpoints(str(tmp_path), every=1, keep=3)
+  for step in (1, 2):
+    ckpt.save(step, state.replace(opt_state=ema_tx.init(state.params)), {"position": step})
+  ckpt.close()
+  before = _snapshot(str(tmp_path))
+  with pytest.raises(checkpoint.StructureError) as e:
+    checkpoint.Checkpoints(str(tmp_path), every=1, keep=3).restore(state)
+  assert str(e.value).startswith(f"checkpoint {tmp_path}/checkpoints/2 holds another state "
+                                 "structure than this config builds")
+  assert "\n" not in str(e.value) and _snapshot(str(tmp_path)) == before
+
+
 def test_damaged_best_checkpoint_is_one_line(tmp_path):
   best = checkpoint.Checkpoints(str(tmp_path), every=0, keep=1, name="best")
   best.save(4, _state(), {"position": 4}, force=True)

@@ -11,6 +11,7 @@ import pytest
 from attention_jax import data, experiment, predict, tasks
 from attention_jax.evaluate import metrics
 from attention_jax.train import history as history_lib, loop, optim, partition, setup, validate
+from launch import ensemble
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "tests", "launch", "sweep_experiment.py")
@@ -116,6 +117,13 @@ def test_a_run_evaluates_and_decodes_with_the_average(tmp_path, monkeypatch, sha
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
   assert any(not np.allclose(got[k], trajectory[-1][k]) for k in want)
+  # An ensemble of the two restores each with its own optimizer: p2, and the average.
+  configs = ensemble.load_members([runs[0.0], runs[0.5]])
+  members = ensemble.restore(configs, task, [runs[0.0], runs[0.5]], [("checkpoints", 2)] * 2,
+                             say=lambda line: None)
+  for member, expected in zip(members, (trajectory[-1], want)):
+    for k, value in flat(member).items():
+      np.testing.assert_allclose(value, expected[k], rtol=1e-5, atol=1e-6)
 
 
 def test_a_decay_of_one_is_refused():
