@@ -8,7 +8,8 @@ r"""Evaluate an ensemble of trained runs: their mean probability, token by token
 
 The members are runs of one text-to-text config (seeds, typically): their model, task and
 data configs must be equal (where each read its data files aside, and the keys that only
-shape training: label smoothing, dropout). Each evaluator named in
+shape training: label smoothing, dropout); their optimizers may differ, each member being
+restored with its own (a moving average included). Each evaluator named in
 --evals (default: every one of the first member's config) runs once over the ensemble
 (`tasks.ensemble`): its split and sample, decoding (greedy, or one beam search over the
 mean distribution) and metrics, as the members were scored, with every prediction written
