@@ -20,7 +20,8 @@ step, as its own test scores used), latest or a step.
 The workdir gets `config.json` (the first member's, with `ensemble`: the members and
 their steps), `log.txt` and `result.json` like a training run's: one entry per evaluator,
 `final` and `best` the first evaluator's, `wall_time_s` the members' training wall time
-summed plus this evaluation's (what the row cost). It is registered as a trial of its
+summed plus this evaluation's (what the row cost), and `cpu_time_s` the same in CPU time
+where every member recorded it. It is registered as a trial of its
 parent dir, so `launch.report` tables ensembles together. Exit 2 with one line for members
 whose configs differ (naming the key), a member without that checkpoint, an unknown
 evaluator, or a workdir that already holds a result.
@@ -138,14 +139,18 @@ def _evaluators(config, names: list[str], task, workdir: str) -> dict:
   return made
 
 
-def _members_wall_s(dirs: list[str]) -> float:
-  total = 0.0
+def _members_seconds(dirs: list[str], key: str) -> tuple[float, bool]:
+  """The members' `key` (wall_time_s, cpu_time_s) summed, and whether every one had it."""
+  total, complete = 0.0, True
   for d in dirs:
     path = os.path.join(d, "result.json")
+    seconds = None
     if os.path.exists(path):
       with open(path) as f:
-        total += float(json.load(f).get("wall_time_s", 0.0))
-  return total
+        seconds = json.load(f).get(key)
+    complete = complete and seconds is not None
+    total += float(seconds or 0.0)
+  return total, complete
 
 
 def check(args) -> tuple:
@@ -169,7 +174,7 @@ def check(args) -> tuple:
 def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: str,
              say) -> dict:
   """Builds the ensemble, runs its evaluators and returns result.json's contents."""
-  start = time.time()
+  start, start_cpu = time.time(), time.process_time()
   config = configs[0]
   dataset = data.from_config(config.data)
   member_task = tasks.build_task(config, dataset)
@@ -190,8 +195,11 @@ def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: s
                 select_eval=names[0], step=max(steps_), members=dirs, member_steps=steps_,
                 num_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
                 eval_wall_s=time.time() - start,
-                wall_time_s=_members_wall_s(dirs) + time.time() - start,
+                wall_time_s=_members_seconds(dirs, "wall_time_s")[0] + time.time() - start,
                 seed=None, provenance=provenance.collect(dataset))
+  cpu, complete = _members_seconds(dirs, "cpu_time_s")
+  if complete:  # else a member trained before CPU time was recorded: no total
+    result["cpu_time_s"] = cpu + time.process_time() - start_cpu
   return result
 
 

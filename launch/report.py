@@ -6,7 +6,9 @@ Reads `<root>/sweep.json` and every finished trial's `result.json` and
 `metrics.jsonl`. Writes to `<root>/report/` (or --out):
   results.md / results.csv  one row per configuration: the varied
                             hyperparameters, each metric as mean +- std over
-                            seeds (n = seeds), the best row marked
+                            seeds (n = seeds), the best row marked; its
+                            wall time and CPU time (all the run's threads;
+                            a peer's: its training), means over seeds
   trials.csv                one row per finished trial, the raw numbers
   <metric>_vs_<key>.png     the metric against each varied hyperparameter
   learning_curves.png       train loss and the eval metric against steps
@@ -110,8 +112,10 @@ def group(rows: list[dict], keys: list[str]) -> list[dict]:
       if values:
         stats[m] = (float(np.mean(values)), float(np.std(values)), len(values))
     steps = [r["result"]["step"] for r in g["rows"]]
+    cpu = [r["result"].get("cpu_time_s") for r in g["rows"]]  # absent in older results
     out.append(dict(g, stats=stats, n=len(g["rows"]), steps=max(steps),
-                    wall_s=float(np.mean([r["result"]["wall_time_s"] for r in g["rows"]]))))
+                    wall_s=float(np.mean([r["result"]["wall_time_s"] for r in g["rows"]])),
+                    cpu_s=None if None in cpu else float(np.mean(cpu))))
   return out
 
 
@@ -160,12 +164,12 @@ def markdown(manifest: dict, groups: list[dict], keys: list[str], metrics: list[
   best = best_index(groups, metric)
   lines = [f"Sweep `{manifest['config']}` `--sweep={manifest['sweep']}`: {which} eval metrics, "
            f"mean ± std over n seeds; best {metric} marked.", ""]
-  header = ["", *keys, *map(unit, metrics), "n", "steps run", "time (s)"]
+  header = ["", *keys, *map(unit, metrics), "n", "steps run", "time (s)", "CPU (s)"]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for i, g in enumerate(groups):
     cells = ["**best**" if i == best else "", *(g["config"][k] for k in keys),
              *(_fmt(m, g["stats"].get(m)) for m in metrics), str(g["n"]), str(g["steps"]),
-             f"{g['wall_s']:.0f}"]
+             f"{g['wall_s']:.0f}", "-" if g["cpu_s"] is None else f"{g['cpu_s']:.0f}"]
     lines.append("| " + " | ".join(cells) + " |")
   if references:
     lines += ["", "Published numbers (other splits or setups: compare orderings and rough levels):",

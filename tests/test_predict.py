@@ -361,6 +361,8 @@ def test_ensemble_of_a_run_with_itself_scores_as_the_run(data_dir, rnn, tmp_path
   with open(os.path.join(rnn, "metrics.jsonl")) as f:
     own = [r for r in map(json.loads, f) if r["split"] == "dev" and r["step"] == 6][-1]
   assert result["member_steps"] == [6, 6] and result["best_by"] == "loss"
+  own_cpu = json.loads(open(os.path.join(rnn, "result.json")).read())["cpu_time_s"]
+  assert 2 * own_cpu < result["cpu_time_s"]  # the members' training, and this evaluation
   for key in ("loss", "nll", "accuracy", "sequence_accuracy", "token_error_rate"):
     assert result["dev"][key] == pytest.approx(own[key], rel=1e-5, abs=1e-6), key
   assert result["final"] == result["dev"]

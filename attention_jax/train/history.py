@@ -1,11 +1,12 @@
-"""What a run has done so far: its evaluations (best step, patience) and its wall time,
-read back from `metrics.jsonl` on resume; the run's JSON files."""
+"""What a run has done so far: its evaluations (best step, patience) and its wall and CPU
+time, read back from `metrics.jsonl` on resume; the run's JSON files."""
 from __future__ import annotations
 
 import json
 import os
 import sys
 import tempfile
+from typing import NamedTuple
 
 from attention_jax.data import paths
 from attention_jax.evaluate import metrics as metrics_lib
@@ -16,12 +17,18 @@ class HistoryError(ValueError):
   """metrics.jsonl cannot be read back; the message is one line."""
 
 
+class Spent(NamedTuple):
+  """Seconds a run spent before this attempt: wall clock, and CPU over all its threads."""
+  wall_s: float = 0.0
+  cpu_s: float = 0.0
+
+
 def history(workdir: str, step: int, split: str,
-            repair: bool = True) -> tuple[list[tuple[int, dict]], float]:
+            repair: bool = True) -> tuple[list[tuple[int, dict]], Spent]:
   """What metrics.jsonl holds up to `step`, for a resumed run: the records of evaluator
-  `split` (for the best step and patience) and the wall seconds spent up to `step` (the
-  last train record's elapsed_s; work after the checkpoint that a killed attempt did not
-  save is not counted).
+  `split` (for the best step and patience) and the seconds spent up to `step` (the last
+  train record's elapsed_s and cpu_s; work after the checkpoint that a killed attempt did
+  not save is not counted; cpu_s is 0 in records written before it was logged).
 
   A torn last line (a write cut short) is dropped with a warning and, with `repair`, cut
   from the file so the next record starts on a line of its own. A damaged line elsewhere,
@@ -34,11 +41,11 @@ def history(workdir: str, step: int, split: str,
       raise HistoryError(
           f"{path} is missing but the checkpoints resume at step {step}: the best step and "
           "early stopping depend on it; restore it, or move the workdir aside to start over")
-    return [], 0.0
+    return [], Spent()
   rows = _records(path, repair)  # also at step 0: the next append must start a new line
   if not step:
-    return [], 0.0
-  evals, elapsed = {}, 0.0
+    return [], Spent()
+  evals, spent = {}, Spent()
   for row in rows:
     if row["step"] > step:
       continue
@@ -46,8 +53,8 @@ def history(workdir: str, step: int, split: str,
     if kind == split:
       evals[row.pop("step")] = row  # a step evaluated twice (killed, resumed): the last
     elif kind == "train" and "elapsed_s" in row:
-      elapsed = row["elapsed_s"]
-  return sorted(evals.items()), elapsed
+      spent = Spent(row["elapsed_s"], row.get("cpu_s", 0.0))
+  return sorted(evals.items()), spent
 
 
 def _records(path: str, repair: bool) -> list[dict]:

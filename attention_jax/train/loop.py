@@ -57,7 +57,7 @@ def open_data(config) -> data.Dataset:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs (or resumes) the experiment; returns the contents of `result.json`."""
-  start_time = time.perf_counter()
+  start = time.perf_counter(), time.process_time()  # wall, and CPU over all threads
   validate.check_config(config)
   task = tasks.build_task(config, open_data(config))
   validate.check_with_data(config, task)
@@ -65,19 +65,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Process 0 of a run holds the lock for all of its processes (they share the workdir).
   try:
     with lock.hold(workdir, enabled=jax.process_index() == 0):
-      return _run(config, workdir, task, config_json, start_time)
+      return _run(config, workdir, task, config_json, start)
   except lock.LockError as e:
     raise ConfigError(str(e)) from None
 
 
-def _run(config, workdir: str, task, config_json: str, start_time: float) -> dict:
+def _run(config, workdir: str, task, config_json: str, start: tuple[float, float]) -> dict:
   is_main = jax.process_index() == 0
   prov = provenance.collect(task.dataset) if is_main else None
   try:
     history_lib.prepare_workdir(workdir, config_json, write=is_main, provenance=prov)
   except history_lib.WorkdirError as e:
     raise ConfigError(str(e)) from None
-  run = Run(config, workdir, task, start_time)
+  run = Run(config, workdir, task, start)
   if run.finished is not None:
     run.close()
     return run.finished
@@ -154,8 +154,9 @@ class Window:
 class Run:
   """One training run: built from the config, resumed from the workdir, trained, finished."""
 
-  def __init__(self, config, workdir: str, task, start_time: float):
-    self.config, self.workdir, self.task, self.start_time = config, workdir, task, start_time
+  def __init__(self, config, workdir: str, task, start: tuple[float, float]):
+    self.config, self.workdir, self.task = config, workdir, task
+    self.start_time, self.start_cpu = start
     self.is_main = jax.process_index() == 0
     self.mesh = partition.make_mesh(config.train.mesh_shape)
     tx, schedule = optim.make_optimizer(config.optim, config.train.steps)
@@ -173,7 +174,7 @@ class Run:
     if self.finished is not None:
       return
     self.select, self.metric = config.train.select_eval, validate.selection_metric(config, task)
-    self.history, self.elapsed_before = self._history()  # before the writer appends to it
+    self.history, self.spent_before = self._history()  # before the writer appends to it
     self.train_step, eval_step = setup.jit_steps(task, shardings, self.mesh, schedule=schedule)
     self.out = Output(workdir, metrics_lib.MetricWriter(workdir, enabled=self.is_main),
                       metrics_lib.Progress(self.step, config.train.steps, config.train.log_every,
@@ -206,7 +207,7 @@ class Run:
         return step, data_state, json.load(f)
     return step, data_state, None
 
-  def _history(self) -> tuple[list[tuple[int, dict]], float]:
+  def _history(self) -> tuple[list[tuple[int, dict]], history_lib.Spent]:
     try:
       return history_lib.history(self.workdir, self.step, self.select, repair=self.is_main)
     except history_lib.HistoryError as e:
@@ -219,7 +220,12 @@ class Run:
 
   def seconds(self) -> float:
     """Wall time over every attempt of this run."""
-    return self.elapsed_before + time.perf_counter() - self.start_time
+    return self.spent_before.wall_s + time.perf_counter() - self.start_time
+
+  def cpu_seconds(self) -> float:
+    """CPU time of all the process' threads (XLA's, the input pipeline's) over every attempt:
+    on a shared machine, what the run cost where wall time says how long it waited."""
+    return self.spent_before.cpu_s + time.process_time() - self.start_cpu
 
   def _feed(self):
     """(sharded batch, the data position after it), one ahead of the step that takes it."""
@@ -289,7 +295,7 @@ class Run:
     if due or saving or step % cfg.log_every == 0 or step == cfg.steps:
       window.check(self.last_good())
     if step % cfg.log_every == 0 or step == cfg.steps:
-      logged = dict(window.summary(), elapsed_s=self.seconds())
+      logged = dict(window.summary(), elapsed_s=self.seconds(), cpu_s=self.cpu_seconds())
       self.out.writer.write(step, "train", logged)
       window.reset(step)
     self.out.progress.update(step, logged)
@@ -356,7 +362,8 @@ class Run:
               "best_by": self.metric, "select_eval": self.select, "evals": self.last,
               "step": self.step, "stopped_early": self.stop == "early", **ends,
               "num_params": int(sum(np.prod(p.shape) for p in jax.tree.leaves(self.state.params))),
-              "wall_time_s": self.seconds(), "seed": self.config.seed,
+              "wall_time_s": self.seconds(), "cpu_time_s": self.cpu_seconds(),
+              "seed": self.config.seed,
               "config_hash": config_hash, "git_commit": prov["git"]["commit"] if prov else None,
               "provenance": prov,
               "heatmaps": self.heatmaps}

@@ -105,6 +105,7 @@ def test_phonetisaurus_end_to_end(tiny, tmp_path):
   check_scores(workdir, result, tiny)
   assert result["test"]["wer"] < 0.5  # it learned the letter-to-sound map
   assert result["order"] == 8 and result["train_cpu_s"] > 0 and result["train_wall_s"] > 0
+  assert result["cpu_time_s"] == result["train_cpu_s"]
   with open(os.path.join(workdir, "train.lex")) as f:
     assert len(f.readlines()) == len(tiny.texts("train"))
   manifest, rows = report.collect(str(tmp_path / "peers"), which="test")

@@ -108,7 +108,8 @@ def test_report_means_and_stds_over_seeds(tmp_path):
     name = f"attention=luong,seed={seed}"
     os.makedirs(root / name)
     result = {"final": {"wer": wer, "loss": loss}, "best": {}, "best_by": "wer", "step": 10,
-              "wall_time_s": 5.0, "seed": seed, "test": {"wer": wer / 2},
+              "wall_time_s": 5.0, "cpu_time_s": 8.0 + 4 * seed, "seed": seed,
+              "test": {"wer": wer / 2},
               "test_beam": {"wer": wer / 4}}
     (root / name / "result.json").write_text(json.dumps(result))
     (root / name / "metrics.jsonl").write_text(
@@ -121,13 +122,13 @@ def test_report_means_and_stds_over_seeds(tmp_path):
   (root / "sweep.json").write_text(json.dumps({"config": "exp.py:smoke=True", "sweep": "sweep",
                                                "experiment": recorded, "trials": trials}))
   done = report.report(str(root))
-  assert "| **best** | luong | 25.00 ± 5.00 | 2.0000 ± 1.0000 | 2 | 10 | 5 |" in done["markdown"]
+  assert "| **best** | luong | 25.00 ± 5.00 | 2.0000 ± 1.0000 | 2 | 10 | 5 | 10 |" in done["markdown"]
   assert "| Paper | Table 2 | wer (%) | 23.5 | 25.00 ± 5.00 |  |" in done["markdown"]
   test = report.report(str(root), which="test")
-  assert "| **best** | luong | 12.50 ± 2.50 | 2 | 10 | 5 |" in test["markdown"]
+  assert "| **best** | luong | 12.50 ± 2.50 | 2 | 10 | 5 | 10 |" in test["markdown"]
   assert report.main([f"--root={root}", "--which=test_beam", f"--out={tmp_path / 'b'}"]) == 0
   beam = (tmp_path / "b" / "results.md").read_text()
-  assert "| **best** | luong | 6.25 ± 1.25 | 2 | 10 | 5 |" in beam
+  assert "| **best** | luong | 6.25 ± 1.25 | 2 | 10 | 5 | 10 |" in beam
   assert report.main([f"--root={root}", "--which=tset", f"--out={tmp_path / 'c'}"]) == 2
   assert not (tmp_path / "c").exists()
   # One configuration: no 'wer by attention' plot of a single point, only the learning curves.

@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -273,11 +274,11 @@ def test_history_drops_a_torn_tail_and_refuses_a_torn_middle(tmp_path, capsys):
   good = ('{"step": 2, "split": "dev", "wer": 0.5}\n'
           '{"step": 2, "split": "train", "elapsed_s": 3.0}\n')
   path.write_text(good + '{"step": 4, "spl')
-  assert history_lib.history(str(tmp_path), 4, "dev") == ([(2, {"wer": 0.5})], 3.0)
+  assert history_lib.history(str(tmp_path), 4, "dev") == ([(2, {"wer": 0.5})], (3.0, 0.0))
   assert f"{path}:3: dropped a torn last line" in capsys.readouterr().err
   assert path.read_text() == good
   path.write_text(good.rstrip("\n"))  # a whole record without its newline: kept, newline added
-  assert history_lib.history(str(tmp_path), 0, "dev") == ([], 0.0)
+  assert history_lib.history(str(tmp_path), 0, "dev") == ([], (0.0, 0.0))
   assert path.read_text() == good
   path.write_text('{"step": 2}\n' + good)
   with pytest.raises(history_lib.HistoryError, match=r"metrics.jsonl:1: damaged record"):
@@ -285,6 +286,12 @@ def test_history_drops_a_torn_tail_and_refuses_a_torn_middle(tmp_path, capsys):
 
 
 # --- Ctrl-C -------------------------------------------------------------------------------
+
+
+def _children_cpu_s() -> float:
+  """CPU seconds of this process' waited-for children (user + system)."""
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
 
 
 def _interrupted_after_step_2(sig, data_dir, workdir, wait_for):
@@ -327,16 +334,21 @@ def test_killed_or_stopped_run_resumes_to_the_same_parameters_and_time(sig, stra
   for row in rows:
     if "elapsed_s" in row:
       row["elapsed_s"] += 1000.0
+      row["cpu_s"] += 1000.0
   metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  started = time.perf_counter()
+  started = time.perf_counter(), _children_cpu_s()
   resumed = _run(data_dir, workdir)
-  seconds = time.perf_counter() - started
+  seconds, cpu = time.perf_counter() - started[0], _children_cpu_s() - started[1]
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "resumed from" in resumed.stdout
   step = int(re.search(r"resumed from \S+ at step (\d+)", resumed.stdout).group(1))
-  before = max(r["elapsed_s"] for r in rows if r["split"] == "train" and r["step"] <= step)
-  wall = json.loads((workdir / "result.json").read_text())["wall_time_s"]
-  assert 1000.0 < before < wall < before + seconds
+  train = [r for r in rows if r["split"] == "train" and r["step"] <= step]
+  before = max(r["elapsed_s"] for r in train)
+  result = json.loads((workdir / "result.json").read_text())
+  assert 1000.0 < before < result["wall_time_s"] < before + seconds
+  # CPU: all of the resumed process' threads, as the OS counted them for its parent here.
+  before = max(r["cpu_s"] for r in train)
+  assert 1000.0 < before < result["cpu_time_s"] <= before + cpu
   _assert_same_params(straight, workdir)
 
 

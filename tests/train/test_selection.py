@@ -44,17 +44,17 @@ def test_selection_metric_and_direction():
 
 def test_history_survives_a_resume(tmp_path):
   rows = [{"step": 2, "split": "dev", "wer": 0.5}, {"step": 2, "split": "other", "wer": 0.9},
-          {"step": 2, "split": "train", "loss": 3.0, "elapsed_s": 7.5},
+          {"step": 2, "split": "train", "loss": 3.0, "elapsed_s": 7.5, "cpu_s": 11.0},
           {"step": 4, "split": "dev", "wer": 0.4}, {"step": 4, "split": "dev", "wer": 0.35},
-          {"step": 4, "split": "train", "loss": 2.0, "elapsed_s": 9.0},
+          {"step": 4, "split": "train", "loss": 2.0, "elapsed_s": 9.0, "cpu_s": 14.5},
           {"step": 6, "split": "dev", "wer": 0.3},
           {"step": 6, "split": "train", "loss": 1.0, "elapsed_s": 12.0}]
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   # Resumed from step 4: its last eval of step 4 counts, and the time spent up to step 4.
   history = lambda step: history_lib.history(str(tmp_path), step, "dev")
-  assert history(4) == ([(2, {"wer": 0.5}), (4, {"wer": 0.35})], 9.0)
-  assert history(3) == ([(2, {"wer": 0.5})], 7.5)
-  assert history(0) == ([], 0.0)
+  assert history(4) == ([(2, {"wer": 0.5}), (4, {"wer": 0.35})], (9.0, 14.5))
+  assert history(3) == ([(2, {"wer": 0.5})], (7.5, 11.0))
+  assert history(0) == ([], (0.0, 0.0))
 
 
 def test_early_stop_and_test_split_use_the_best_step(tmp_path, monkeypatch, shared_data_dir):
