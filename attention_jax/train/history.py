@@ -18,9 +18,10 @@ class HistoryError(ValueError):
 
 
 class Spent(NamedTuple):
-  """Seconds a run spent before this attempt: wall clock, and CPU over all its threads."""
+  """Seconds a run spent before this attempt: wall clock, and CPU over all its threads
+  (None: an attempt before CPU time was recorded, so the run's total is unknown)."""
   wall_s: float = 0.0
-  cpu_s: float = 0.0
+  cpu_s: float | None = 0.0
 
 
 def history(workdir: str, step: int, split: str,
@@ -28,7 +29,7 @@ def history(workdir: str, step: int, split: str,
   """What metrics.jsonl holds up to `step`, for a resumed run: the records of evaluator
   `split` (for the best step and patience) and the seconds spent up to `step` (the last
   train record's elapsed_s and cpu_s; work after the checkpoint that a killed attempt did
-  not save is not counted; cpu_s is 0 in records written before it was logged).
+  not save is not counted; cpu_s is None in records written before it was logged).
 
   A torn last line (a write cut short) is dropped with a warning and, with `repair`, cut
   from the file so the next record starts on a line of its own. A damaged line elsewhere,
@@ -53,7 +54,7 @@ def history(workdir: str, step: int, split: str,
     if kind == split:
       evals[row.pop("step")] = row  # a step evaluated twice (killed, resumed): the last
     elif kind == "train" and "elapsed_s" in row:
-      spent = Spent(row["elapsed_s"], row.get("cpu_s", 0.0))
+      spent = Spent(row["elapsed_s"], row.get("cpu_s"))
   return sorted(evals.items()), spent
 
 

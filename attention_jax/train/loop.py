@@ -222,9 +222,12 @@ class Run:
     """Wall time over every attempt of this run."""
     return self.spent_before.wall_s + time.perf_counter() - self.start_time
 
-  def cpu_seconds(self) -> float:
+  def cpu_seconds(self) -> float | None:
     """CPU time of all the process' threads (XLA's, the input pipeline's) over every attempt:
-    on a shared machine, what the run cost where wall time says how long it waited."""
+    on a shared machine, what the run cost where wall time says how long it waited. None
+    for a run resumed from attempts that did not record it."""
+    if self.spent_before.cpu_s is None:
+      return None
     return self.spent_before.cpu_s + time.process_time() - self.start_cpu
 
   def _feed(self):
@@ -295,7 +298,9 @@ class Run:
     if due or saving or step % cfg.log_every == 0 or step == cfg.steps:
       window.check(self.last_good())
     if step % cfg.log_every == 0 or step == cfg.steps:
-      logged = dict(window.summary(), elapsed_s=self.seconds(), cpu_s=self.cpu_seconds())
+      logged = dict(window.summary(), elapsed_s=self.seconds())
+      if self.cpu_seconds() is not None:
+        logged["cpu_s"] = self.cpu_seconds()
       self.out.writer.write(step, "train", logged)
       window.reset(step)
     self.out.progress.update(step, logged)
