@@ -140,7 +140,10 @@ def standard_levers(add):
   (Szegedy et al. 2016; our Transformers' default); evaluation with the parameters' moving
   average, decay 0.999 (Polyak averaging, `optim.ema_decay`); that average trained to the
   40,000-step cap without early stopping (patience 10 stopped the first two at 18,000-21,000
-  while dev WER was still creeping down). Each is also an ensemble member."""
+  while dev WER was still creeping down); the same with two layers in the encoder and the
+  decoder. Each is also an ensemble member."""
   add(**STANDARD, **{"task.label_smoothing": 0.1})
   add(**STANDARD, **{"optim.ema_decay": 0.999})
-  add(**{**STANDARD, "optim.ema_decay": 0.999, "train.early_stop_patience": 0})
+  to_the_cap = {**STANDARD, "optim.ema_decay": 0.999, "train.early_stop_patience": 0}
+  add(**to_the_cap)
+  add(**to_the_cap, **{"model.num_layers": 2})
