@@ -13,7 +13,8 @@ test (at the end, score the best dev step on the test split), estimator, credit 
 (hard attention's training: REINFORCE with sequence or per-step credit, the straight-through
 Gumbel-softmax, Xu et al.'s recipe; as in `experiments/algorithmic.py`), beam (k > 0: at the end,
 also decode dev and, with test, test by beam search of width k at the best dev step, as
-evaluators `dev_beam` and `test_beam`; the step is still picked by greedy dev WER), smoke.
+evaluators `dev_beam` and `test_beam`; the step is still picked by greedy dev WER), layers
+(stacked LSTM layers in the encoder and the decoder), smoke.
 
 Sweeps (`python -m launch.sweep --config=experiments/g2p_attention.py --sweep=NAME`):
 `sweep`, every attention kind and score; `small`, the 2-core ablation of `make sweep`;
@@ -28,7 +29,7 @@ dropout, width and score.
 from attention_jax import experiment
 
 DEFAULTS = dict(attention="luong", score="general", cell="lstm", stress=True, standard=False,
-                steps=3000, test=False, beam=0, smoke=False,
+                steps=3000, test=False, beam=0, smoke=False, layers=1,
                 estimator="reinforce", credit="sequence", xu=False)
 # The converged sweep's wide RNN.
 WIDE = {"model.hidden_dim": 256, "model.src_embed_dim": 128, "model.tgt_embed_dim": 128,
@@ -64,6 +65,8 @@ def get_config(arg=None):
   c.model.update(dict(
       attention=args["attention"], score=args["score"], cell=args["cell"], bidirectional=True,
       src_embed_dim=64, tgt_embed_dim=64, hidden_dim=128, dropout_rate=0.1, max_len=48))
+  if args["layers"] > 1:  # else unset: one-layer configs stay as earlier runs recorded them
+    c.model.num_layers = args["layers"]
   if args["attention"] == "hard":  # how its choices learn: see experiments/algorithmic.py
     c.model.update(hard_estimator=args["estimator"],
                    expected_context_prob=0.5 if args["xu"] else 0.0)
@@ -146,4 +149,4 @@ def standard_levers(add):
   add(**STANDARD, **{"optim.ema_decay": 0.999})
   to_the_cap = {**STANDARD, "optim.ema_decay": 0.999, "train.early_stop_patience": 0}
   add(**to_the_cap)
-  add(**to_the_cap, **{"model.num_layers": 2})
+  add(**to_the_cap, layers=2)
