@@ -144,7 +144,7 @@ def standard_levers(add):
   average, decay 0.999 (Polyak averaging, `optim.ema_decay`); that average trained to the
   40,000-step cap without early stopping (patience 10 stopped the first two at 18,000-21,000
   while dev WER was still creeping down); the same with two layers in the encoder and the
-  decoder. Each is also an ensemble member."""
+  decoder. The one-layer runs are also ensemble members of one another."""
   add(**STANDARD, **{"task.label_smoothing": 0.1})
   add(**STANDARD, **{"optim.ema_decay": 0.999})
   to_the_cap = {**STANDARD, "optim.ema_decay": 0.999, "train.early_stop_patience": 0}
