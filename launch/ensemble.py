@@ -139,18 +139,13 @@ def _evaluators(config, names: list[str], task, workdir: str) -> dict:
   return made
 
 
-def _members_seconds(dirs: list[str], key: str) -> tuple[float, bool]:
-  """The members' `key` (wall_time_s, cpu_time_s) summed, and whether every one had it."""
-  total, complete = 0.0, True
-  for d in dirs:
-    path = os.path.join(d, "result.json")
-    seconds = None
-    if os.path.exists(path):
-      with open(path) as f:
-        seconds = json.load(f).get(key)
-    complete = complete and seconds is not None
-    total += float(seconds or 0.0)
-  return total, complete
+def _member_result(workdir: str) -> dict:
+  """A member's result.json, or {} for one that has none (a run still training)."""
+  path = os.path.join(workdir, "result.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
 
 
 def check(args) -> tuple:
@@ -184,6 +179,7 @@ def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: s
     raise EnsembleError(str(e)) from None
   evals = _evaluators(config, names, task, workdir)
   params = restore(configs, member_task, dirs, found, say)
+  members = [_member_result(d) for d in dirs]
   steps_ = [step for _, step in found]
   result = {}
   for name, ev in evals.items():
@@ -195,11 +191,12 @@ def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: s
                 select_eval=names[0], step=max(steps_), members=dirs, member_steps=steps_,
                 num_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
                 eval_wall_s=time.time() - start,
-                wall_time_s=_members_seconds(dirs, "wall_time_s")[0] + time.time() - start,
+                wall_time_s=sum(m.get("wall_time_s", 0.0) for m in members)
+                + time.time() - start,
                 seed=None, provenance=provenance.collect(dataset))
-  cpu, complete = _members_seconds(dirs, "cpu_time_s")
-  if complete:  # else a member trained before CPU time was recorded: no total
-    result["cpu_time_s"] = cpu + time.process_time() - start_cpu
+  cpu = [m.get("cpu_time_s") for m in members]
+  if None not in cpu:  # else a member trained before CPU time was recorded: no total
+    result["cpu_time_s"] = sum(cpu) + time.process_time() - start_cpu
   return result
 
 

@@ -299,8 +299,9 @@ class Run:
       window.check(self.last_good())
     if step % cfg.log_every == 0 or step == cfg.steps:
       logged = dict(window.summary(), elapsed_s=self.seconds())
-      if self.cpu_seconds() is not None:
-        logged["cpu_s"] = self.cpu_seconds()
+      cpu = self.cpu_seconds()
+      if cpu is not None:
+        logged["cpu_s"] = cpu
       self.out.writer.write(step, "train", logged)
       window.reset(step)
     self.out.progress.update(step, logged)
