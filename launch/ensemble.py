@@ -1,30 +1,34 @@
-r"""Evaluate an ensemble of trained runs: their mean probability, token by token.
+r"""Evaluate an ensemble of trained runs: their pooled distribution, token by token.
 
     python -m launch.ensemble --members=runs/std/a,runs/std/b,runs/std/c \
-        --workdir=runs/ensembles/abc [--checkpoint=best] [--evals=dev,test,dev_beam,test_beam]
+        --workdir=runs/ensembles/abc [--checkpoint=best] [--combine=probs|log_probs] \
+        [--evals=dev,test,dev_beam,test_beam]
     python -m launch.ensemble --members "runs/std/attention=luong,seed=0" \
         "runs/std/attention=luong,seed=1" --workdir=runs/ensembles/seeds  # a sweep's trials
     python -m launch.report --root=runs/ensembles --which=test_beam
 
-The members are runs of one text-to-text config (seeds, typically): their model, task and
-data configs must be equal (where each read its data files aside, and the keys that only
-shape training: label smoothing, dropout); their optimizers may differ, each member being
-restored with its own (a moving average included). Each evaluator named in
+The members are text-to-text runs on one dataset: their task and data configs must be
+equal (but for where each read its data files, and the label smoothing and batch size,
+which only shape training); their models may differ (an RNN and a Transformer, one layer
+and two), each member restored with its own model and optimizer (a moving average
+included).
+--combine pools their distributions: probs (the default) their mean probability,
+log_probs their mean log-probability renormalised. Each evaluator named in
 --evals (default: every one of the first member's config) runs once over the ensemble
 (`tasks.ensemble`): its split and sample, decoding (greedy, or one beam search over the
-mean distribution) and metrics, as the members were scored, with every prediction written
+pooled distribution) and metrics, as the members were scored, with every prediction written
 to predictions_<name>.jsonl.
 --checkpoint picks each member's parameters: best (the default: each member's best dev
 step, as its own test scores used), latest or a step.
 
-The workdir gets `config.json` (the first member's, with `ensemble`: the members and
-their steps), `log.txt` and `result.json` like a training run's: one entry per evaluator,
-`final` and `best` the first evaluator's, `wall_time_s` the members' training wall time
-summed plus this evaluation's (what the row cost), and `cpu_time_s` the same in CPU time
-where every member recorded it. It is registered as a trial of its
-parent dir, so `launch.report` tables ensembles together. Exit 2 with one line for members
-whose configs differ (naming the key), a member without that checkpoint, an unknown
-evaluator, or a workdir that already holds a result.
+The workdir gets `config.json` (the first member's, with `ensemble`: the members, their
+models' names and steps, and --combine), `log.txt` and `result.json` like a training
+run's: one entry per evaluator, `final` and `best` the first evaluator's, `wall_time_s` the
+members' training wall time summed plus this evaluation's (what the row cost), and
+`cpu_time_s` the same in CPU time where every member recorded it. It is registered as a
+trial of its parent dir, so `launch.report` tables ensembles together. Exit 2 with one line
+for members whose task or data configs differ (naming the key), a member without that
+checkpoint, an unknown evaluator, or a workdir that already holds a result.
 """
 from __future__ import annotations
 
@@ -41,17 +45,17 @@ import numpy as np
 from attention_jax import data, host_memory, predict, tasks
 from attention_jax.data import paths
 from attention_jax.predict_io import PredictError
-from attention_jax.tasks.ensemble import EnsembleTask
+from attention_jax.tasks.ensemble import COMBINES, EnsembleTask
 from attention_jax.train import evaluators, lock, partition, provenance, steps, validate
 from attention_jax.train import metrics as metrics_lib
 from attention_jax.train.loop import Output
 from launch import manifest as manifest_lib
 
 CONFIG, SWEEP = "launch.ensemble", "ensembles"  # what the root's sweep.json says it holds
-SHARED = ("model", "task", "data")  # config sections every member must have equal...
+SHARED = ("task", "data")  # config sections every member must have equal...
 PLACES = ("data.data_dir", "data.manual_dir")  # ...but where each run read its files
-# ...and what only shapes training (the loss, dropout): members may differ in these.
-TRAINING_ONLY = ("task.label_smoothing", "model.dropout_rate")
+# ...and what only shapes training (evaluation batches by data.eval_batch_size)
+TRAINING_ONLY = ("task.label_smoothing", "data.batch_size")
 
 
 class EnsembleError(Exception):
@@ -66,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                       "dirs have commas in their names: give those space-separated)")
   p.add_argument("--workdir", required=True, help="the ensemble's dir; its parent, the root")
   p.add_argument("--checkpoint", default="best", help="best, latest or a step, for every member")
+  p.add_argument("--combine", default="probs", choices=COMBINES,
+                 help="pool the members' mean probability (probs) or their mean "
+                      "log-probability, renormalised (log_probs)")
   p.add_argument("--evals", default="", help="comma-separated evaluator names (default: all)")
   return p
 
@@ -100,7 +107,7 @@ def load_members(dirs: list[str]) -> list:
       key = _differing_key(first.get(section), c.to_dict().get(section), section)
       if key:
         raise EnsembleError(f"{d} differs from {dirs[0]} in {key}: the members of an "
-                            "ensemble share their model, task and data configs")
+                            "ensemble share their task and data configs")
   return configs
 
 
@@ -112,11 +119,12 @@ def find_checkpoints(dirs: list[str], which: str) -> list[tuple[str, int]]:
     raise EnsembleError(str(e)) from None
 
 
-def restore(configs: list, task, dirs: list[str], found: list[tuple[str, int]], say) -> tuple:
-  """The members' parameters, each restored with its own optimizer (members may differ in
-  `optim`: one that kept a moving average has it in its optimizer state)."""
+def restore(configs: list, member_tasks: list, dirs: list[str], found: list[tuple[str, int]],
+            say) -> tuple:
+  """The members' parameters, each restored with its own model and optimizer (one that kept
+  a moving average has it in its optimizer state)."""
   params = []
-  for config, d, (name, step) in zip(configs, dirs, found):
+  for config, task, d, (name, step) in zip(configs, member_tasks, dirs, found):
     try:
       params.append(predict.restore_params(config, task, d, name, step))
     except PredictError as e:
@@ -167,18 +175,18 @@ def check(args) -> tuple:
 
 
 def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: str,
-             say) -> dict:
+             say, combine: str = "probs") -> dict:
   """Builds the ensemble, runs its evaluators and returns result.json's contents."""
   start, start_cpu = time.time(), time.process_time()
   config = configs[0]
   dataset = data.from_config(config.data)
-  member_task = tasks.build_task(config, dataset)
+  member_tasks = [tasks.build_task(c, dataset) for c in configs]
   try:
-    task = EnsembleTask(member_task)
+    task = EnsembleTask(member_tasks, combine)
   except ValueError as e:
     raise EnsembleError(str(e)) from None
   evals = _evaluators(config, names, task, workdir)
-  params = restore(configs, member_task, dirs, found, say)
+  params = restore(configs, member_tasks, dirs, found, say)
   members = [_member_result(d) for d in dirs]
   steps_ = [step for _, step in found]
   result = {}
@@ -187,7 +195,7 @@ def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: s
     result[name] = ev.run(params, max(steps_))
     say(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in result[name].items()))
   first = result[names[0]]
-  result.update(final=first, best=first, best_by=validate.selection_metric(config, member_task),
+  result.update(final=first, best=first, best_by=validate.selection_metric(config, member_tasks[0]),
                 select_eval=names[0], step=max(steps_), members=dirs, member_steps=steps_,
                 num_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
                 eval_wall_s=time.time() - start,
@@ -214,13 +222,15 @@ def run(args) -> dict:
       log.flush()
 
     record = dict(config.to_dict(), ensemble={
-        "members": dirs, "checkpoint": args.checkpoint, "steps": [s for _, s in found]})
+        "members": dirs, "models": [c.model.name for c in configs], "combine": args.combine,
+        "checkpoint": args.checkpoint, "steps": [s for _, s in found]})
     paths.atomic_write_bytes(os.path.join(workdir, "config.json"),
                              json.dumps(record, indent=1).encode())
     manifest_lib.register_run(workdir, CONFIG, SWEEP, status="running",
-                              overrides={"members": len(dirs), "checkpoint": args.checkpoint})
+                              overrides={"members": len(dirs), "checkpoint": args.checkpoint,
+                                         "combine": args.combine})
     try:
-      result = evaluate(configs, dirs, names, found, workdir, say)
+      result = evaluate(configs, dirs, names, found, workdir, say, args.combine)
     except BaseException as e:
       status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
       manifest_lib.register_run(workdir, CONFIG, SWEEP, status=status)

@@ -358,8 +358,7 @@ def test_ensemble_of_a_run_with_itself_scores_as_the_run(data_dir, rnn, tmp_path
   assert _ensemble(data_dir, monkeypatch, f"--members={rnn},{rnn}", f"--workdir={out}",
                    "--checkpoint=latest") == 0
   result = json.loads((out / "result.json").read_text())
-  with open(os.path.join(rnn, "metrics.jsonl")) as f:
-    own = [r for r in map(json.loads, f) if r["split"] == "dev" and r["step"] == 6][-1]
+  own = _dev_row(rnn, 6)
   assert result["member_steps"] == [6, 6] and result["best_by"] == "loss"
   own_cpu = json.loads(open(os.path.join(rnn, "result.json")).read())["cpu_time_s"]
   assert 2 * own_cpu < result["cpu_time_s"]  # the members' training, and this evaluation
@@ -371,9 +370,34 @@ def test_ensemble_of_a_run_with_itself_scores_as_the_run(data_dir, rnn, tmp_path
   manifest = json.loads((out.parent / "sweep.json").read_text())
   assert manifest["trials"]["twice"]["status"] == "done"
   config = json.loads((out / "config.json").read_text())
-  assert config["ensemble"] == {"members": [rnn, rnn], "checkpoint": "latest", "steps": [6, 6]}
+  assert config["ensemble"] == {"members": [rnn, rnn], "models": ["rnn_seq2seq"] * 2,
+                                "combine": "probs", "checkpoint": "latest", "steps": [6, 6]}
   # A second ensemble into the same workdir would overwrite a result: refused.
   assert _ensemble(data_dir, monkeypatch, f"--members={rnn},{rnn}", f"--workdir={out}") == 2
+
+
+def _dev_row(workdir, step):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [r for r in map(json.loads, f) if r["split"] == "dev" and r["step"] == step][-1]
+
+
+@pytest.mark.parametrize("combine", ["probs", "log_probs"])
+def test_ensemble_of_an_rnn_and_a_transformer(data_dir, rnn, transformer, tmp_path, monkeypatch,
+                                              combine):
+  """Each member decodes with its own model. Either pool's token NLL is at most the members'
+  mean NLL (Jensen for the mean probability; for the normalised geometric mean, its
+  normaliser sum_y prod_i p_i(y)^(1/N) <= 1 by the AM-GM inequality), and below it unless
+  the members agree; equal-weight rules, so on the same dev sample at the same step."""
+  out = tmp_path / "ensembles" / combine
+  assert _ensemble(data_dir, monkeypatch, "--members", rnn, transformer, f"--workdir={out}",
+                   "--checkpoint=latest", f"--combine={combine}", "--evals=dev") == 0
+  config = json.loads((out / "config.json").read_text())["ensemble"]
+  assert config["models"] == ["rnn_seq2seq", "transformer"] and config["combine"] == combine
+  members = [_dev_row(rnn, 6)["nll"], _dev_row(transformer, 6)["nll"]]
+  nll = json.loads((out / "result.json").read_text())["dev"]["nll"]
+  assert nll < np.mean(members) - 1e-4, (nll, members)
+  manifest = json.loads((out.parent / "sweep.json").read_text())
+  assert manifest["trials"][combine]["overrides"]["combine"] == combine
 
 
 def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, rnn, tmp_path,
@@ -381,14 +405,15 @@ def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, r
   other = tmp_path / "other"
   other.mkdir()
   config = json.loads(open(os.path.join(rnn, "config.json")).read())
-  config["model"]["hidden_dim"] += 1
+  name, config["data"]["name"] = config["data"]["name"], "algorithmic/reverse"
   (other / "config.json").write_text(json.dumps(config))
-  moved = tmp_path / "moved"  # the same model and data, read from elsewhere, trained otherwise
+  moved = tmp_path / "moved"  # the same data, read from elsewhere, another model, trained otherwise
   moved.mkdir()
-  config["model"]["hidden_dim"] -= 1
+  config["data"]["name"] = name
   config["data"]["data_dir"] = "/elsewhere"
-  config["task"]["label_smoothing"] = 0.1  # trained otherwise, decodes alike
-  config["model"]["dropout_rate"] = 0.3
+  config["data"]["batch_size"] += 1
+  config["task"]["label_smoothing"] = 0.1
+  config["model"]["hidden_dim"] += 1
   (moved / "config.json").write_text(json.dumps(config))
   from launch import ensemble  # pylint: disable=import-outside-toplevel
   assert len(ensemble.load_members([rnn, str(moved)])) == 2
@@ -396,7 +421,7 @@ def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, r
   trial.mkdir()
   assert ensemble.member_dirs([f"{rnn},{moved}", str(trial)]) == [rnn, str(moved), str(trial)]
   out = tmp_path / "ens" / "E"
-  cases = [([f"--members={rnn},{other}"], rf"{other} differs from {rnn} in model.hidden_dim"),
+  cases = [([f"--members={rnn},{other}"], rf"{other} differs from {rnn} in data.name"),
            ([f"--members={rnn}"], "needs two runs or more, got 1"),
            ([f"--members={rnn},{rnn}"], "kept no best checkpoint"),  # --checkpoint=best
            ([f"--members={rnn},{rnn}", "--evals=dev,tset"], "tset not among the members'")]

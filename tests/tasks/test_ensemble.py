@@ -1,5 +1,6 @@
-"""The ensemble task: the members' mean probability against NumPy, its decoders against its
-own teacher-forced distribution, and an ensemble of one against its member."""
+"""The ensemble task: the members' pooled distribution (mean probability, normalised geometric
+mean) against NumPy, its decoders against its own teacher-forced distribution, members of
+two architectures, and an ensemble of one against its member."""
 import functools
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 from attention_jax import tasks
 from attention_jax.data.vocab import BOS_ID, EOS_ID
 from attention_jax.models.registry import build_model
-from attention_jax.tasks.ensemble import EnsembleTask
+from attention_jax.tasks.ensemble import COMBINES, EnsembleTask
 
 VOCAB, SRC_VOCAB, MAX_LEN = 11, 9, 7
 MODELS = {
@@ -61,22 +62,54 @@ def test_apply_is_the_log_of_the_members_mean_probability(kind):
   assert min(np.abs(np.exp(got) - p).max() for p in probs) > 1e-2
 
 
-@pytest.mark.parametrize("kind", list(MODELS))
-def test_greedy_takes_the_argmax_of_its_teacher_forced_distribution(kind):
+def _check_greedy(ensemble, params, batch):
   """Decoding steps N members' states side by side; feeding the decoded tokens back through
   the full teacher-forced pass must find each one the argmax where it was chosen."""
-  task, params, batch, _, ensemble_apply = _members(kind)
-  params, ensemble = params[:2], EnsembleTask(task)
   ids = np.asarray(ensemble.predict(params, batch, method="greedy", max_len=MAX_LEN))
   forced = dict(batch, decoder_inputs=np.concatenate(
       [np.full((3, 1), BOS_ID, np.int32), ids[:, :-1]], 1))
-  log_p = np.asarray(ensemble_apply(params, forced))
+  log_p = np.asarray(jax.jit(ensemble.apply)(params, forced))
   for row in range(3):
     stop = list(ids[row]).index(EOS_ID) + 1 if EOS_ID in ids[row] else MAX_LEN
     np.testing.assert_array_equal(ids[row, :stop], log_p[row, :stop].argmax(-1))
   one = np.asarray(ensemble.predict(params, batch, method="beam", beam_size=1,
                                     max_len=MAX_LEN))
   np.testing.assert_array_equal(one, ids)  # a beam of one is greedy
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_greedy_takes_the_argmax_of_its_teacher_forced_distribution(kind):
+  task, params, batch, _, _ = _members(kind)
+  _check_greedy(EnsembleTask(task), params[:2], batch)
+
+
+def test_log_probs_pools_the_normalised_geometric_mean():
+  task, params, batch, member_apply, ensemble_apply = _members("rnn")
+  ensemble = EnsembleTask(task, "log_probs")
+  got = np.asarray(jax.jit(ensemble.apply)(params, batch))
+  want = _np_log_softmax(np.mean([_np_log_softmax(member_apply(p, batch)) for p in params], 0))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert np.abs(got - ensemble_apply(params, batch)).max() > 1e-2  # not the mean probability
+  _check_greedy(ensemble, params, batch)
+  with pytest.raises(ValueError, match="combine='max' is unknown; known: probs, log_probs"):
+    EnsembleTask(task, "max")
+
+
+@pytest.mark.parametrize("combine", COMBINES)
+def test_members_of_two_architectures(combine):
+  """An RNN and a Transformer: each member decodes with its own model."""
+  rnn, rnn_params, batch, rnn_apply, _ = _members("rnn")
+  transformer, tf_params, _, tf_apply, _ = _members("transformer")
+  ensemble = EnsembleTask([rnn, transformer], combine)
+  params = (rnn_params[0], tf_params[0])
+  logs = [_np_log_softmax(rnn_apply(params[0], batch)), _np_log_softmax(tf_apply(params[1], batch))]
+  want = (_np_log_softmax(np.mean(logs, 0)) if combine == "log_probs"
+          else np.log(np.mean(np.exp(logs), 0)))
+  np.testing.assert_allclose(jax.jit(ensemble.apply)(params, batch), want, rtol=1e-5, atol=1e-5)
+  _check_greedy(ensemble, params, batch)
+  assert ensemble.decode_limit() == 16  # the Transformer's table; the RNN has no limit
+  with pytest.raises(ValueError, match="3 parameter sets for an ensemble of 2 members"):
+    ensemble.apply(rnn_params, batch)
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
