@@ -228,7 +228,8 @@ def run(args) -> dict:
                              json.dumps(record, indent=1).encode())
     manifest_lib.register_run(workdir, CONFIG, SWEEP, status="running",
                               overrides={"members": len(dirs), "checkpoint": args.checkpoint,
-                                         "combine": args.combine})
+                                         "combine": args.combine,
+                                         "models": "+".join(c.model.name for c in configs)})
     try:
       result = evaluate(configs, dirs, names, found, workdir, say, args.combine)
     except BaseException as e:

@@ -397,7 +397,8 @@ def test_ensemble_of_an_rnn_and_a_transformer(data_dir, rnn, transformer, tmp_pa
   nll = json.loads((out / "result.json").read_text())["dev"]["nll"]
   assert nll < np.mean(members) - 1e-4, (nll, members)
   manifest = json.loads((out.parent / "sweep.json").read_text())
-  assert manifest["trials"][combine]["overrides"]["combine"] == combine
+  overrides = manifest["trials"][combine]["overrides"]
+  assert overrides["combine"] == combine and overrides["models"] == "rnn_seq2seq+transformer"
 
 
 def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, rnn, tmp_path,
