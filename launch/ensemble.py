@@ -5,6 +5,8 @@ r"""Evaluate an ensemble of trained runs: their pooled distribution, token by to
         [--evals=dev,test,dev_beam,test_beam]
     python -m launch.ensemble --members "runs/std/attention=luong,seed=0" \
         "runs/std/attention=luong,seed=1" --workdir=runs/ensembles/seeds  # a sweep's trials
+    python -m launch.ensemble --members runs/std/a@30000 runs/std/a@30500 runs/std/a@31000 \
+        --combine=params --workdir=runs/ensembles/a-last3  # checkpoint averaging
     python -m launch.report --root=runs/ensembles --which=test_beam
 
 The members are text-to-text runs on one dataset: their task and data configs must be
@@ -13,16 +15,19 @@ which only shape training); their models may differ (an RNN and a Transformer, o
 and two), each member restored with its own model and optimizer (a moving average
 included).
 --combine pools their distributions: probs (the default) their mean probability,
-log_probs their mean log-probability renormalised. Each evaluator named in
+log_probs their mean log-probability renormalised; params instead averages their
+parameters into one model (checkpoint averaging: members of one model config, typically
+one run's last checkpoints). Each evaluator named in
 --evals (default: every one of the first member's config) runs once over the ensemble
 (`tasks.ensemble`): its split and sample, decoding (greedy, or one beam search over the
 pooled distribution) and metrics, as the members were scored, with every prediction written
 to predictions_<name>.jsonl.
 --checkpoint picks each member's parameters: best (the default: each member's best dev
-step, as its own test scores used), latest or a step.
+step, as its own test scores used), latest or a step; a member given as DIR@WHICH uses
+WHICH instead. A run that is a member more than once counts its training time once.
 
 The workdir gets `config.json` (the first member's, with `ensemble`: the members, their
-models' names and steps, and --combine), `log.txt` and `result.json` like a training
+models' names, checkpoints and steps, and --combine), `log.txt` and `result.json` like a training
 run's: one entry per evaluator, `final` and `best` the first evaluator's, `wall_time_s` the
 members' training wall time summed plus this evaluation's (what the row cost), and
 `cpu_time_s` the same in CPU time where every member recorded it. It is registered as a
@@ -55,7 +60,7 @@ CONFIG, SWEEP = "launch.ensemble", "ensembles"  # what the root's sweep.json say
 SHARED = ("task", "data")  # config sections every member must have equal...
 PLACES = ("data.data_dir", "data.manual_dir")  # ...but where each run read its files
 # ...and what only shapes training (evaluation batches by data.eval_batch_size)
-TRAINING_ONLY = ("task.label_smoothing", "data.batch_size")
+TRAINING_ONLY = ("task.label_smoothing", "data.batch_size", "model.dropout_rate")
 
 
 class EnsembleError(Exception):
@@ -67,12 +72,14 @@ def _parser() -> argparse.ArgumentParser:
                               description=__doc__.split("\n")[0])
   p.add_argument("--members", required=True, nargs="+",
                  help="workdirs of trained runs, comma- or space-separated (a sweep's trial "
-                      "dirs have commas in their names: give those space-separated)")
+                      "dirs have commas in their names: give those space-separated), each "
+                      "optionally DIR@WHICH (best, latest or a step) for its checkpoint")
   p.add_argument("--workdir", required=True, help="the ensemble's dir; its parent, the root")
   p.add_argument("--checkpoint", default="best", help="best, latest or a step, for every member")
-  p.add_argument("--combine", default="probs", choices=COMBINES,
+  p.add_argument("--combine", default="probs", choices=COMBINES + ("params",),
                  help="pool the members' mean probability (probs) or their mean "
-                      "log-probability, renormalised (log_probs)")
+                      "log-probability, renormalised (log_probs), or average their "
+                      "parameters into one model (params: checkpoint averaging)")
   p.add_argument("--evals", default="", help="comma-separated evaluator names (default: all)")
   return p
 
@@ -88,33 +95,43 @@ def _differing_key(a, b, prefix: str) -> str | None:
   return None if a == b or prefix in PLACES + TRAINING_ONLY else prefix
 
 
-def member_dirs(values: list[str]) -> list[str]:
-  """--members: each value an existing directory as it stands, else a comma-separated list."""
-  return [d for v in values for d in ([v] if os.path.isdir(v) else v.split(",")) if d]
+def _spec(value: str) -> tuple[str, str | None]:
+  """(dir, checkpoint or None) of one member, DIR or DIR@WHICH."""
+  head, at, which = value.rpartition("@")
+  return (head, which) if at else (value, None)
 
 
-def load_members(dirs: list[str]) -> list:
-  """The members' configs, checked to share SHARED."""
+def member_specs(values: list[str]) -> list[tuple[str, str | None]]:
+  """--members: (dir, checkpoint or None) per member. A value that is an existing directory
+  (before any @WHICH) stands as it is, else it is a comma-separated list."""
+  return [_spec(m) for v in values
+          for m in ([v] if os.path.isdir(_spec(v)[0]) else v.split(",")) if m]
+
+
+def load_members(dirs: list[str], combine: str = "probs") -> list:
+  """The members' configs, checked to share SHARED (and, to average their parameters, the
+  model config but for its dropout)."""
   if len(dirs) < 2:
     raise EnsembleError(f"--members needs two runs or more, got {len(dirs)}")
   try:
     configs = [predict.load_config(d) for d in dirs]
   except PredictError as e:
     raise EnsembleError(str(e)) from None
+  sections = SHARED + (("model",) if combine == "params" else ())
   first = configs[0].to_dict()
   for d, c in zip(dirs[1:], configs[1:]):
-    for section in SHARED:
+    for section in sections:
       key = _differing_key(first.get(section), c.to_dict().get(section), section)
       if key:
         raise EnsembleError(f"{d} differs from {dirs[0]} in {key}: the members of an "
-                            "ensemble share their task and data configs")
+                            f"ensemble share their {' and '.join(sections)} configs")
   return configs
 
 
-def find_checkpoints(dirs: list[str], which: str) -> list[tuple[str, int]]:
-  """Each member's (checkpoint dir name, step) for --checkpoint."""
+def find_checkpoints(dirs: list[str], whiches: list[str]) -> list[tuple[str, int]]:
+  """Each member's (checkpoint dir name, step) for its --checkpoint or @WHICH."""
   try:
-    return [predict.find_checkpoint(d, which) for d in dirs]
+    return [predict.find_checkpoint(d, which) for d, which in zip(dirs, whiches)]
   except PredictError as e:
     raise EnsembleError(str(e)) from None
 
@@ -157,21 +174,43 @@ def _member_result(workdir: str) -> dict:
 
 
 def check(args) -> tuple:
-  """(workdir, members' dirs, their configs, evaluator names, checkpoints): every check that
-  needs no data, made before anything is written."""
+  """(workdir, members' dirs, their configs, evaluator names, each member's --checkpoint or
+  @WHICH, the checkpoints found): every check that needs no data, made before anything is
+  written."""
   workdir = os.path.abspath(args.workdir)
-  dirs = [os.path.abspath(d) for d in member_dirs(args.members)]
-  configs = load_members(dirs)
+  specs = member_specs(args.members)
+  dirs = [os.path.abspath(d) for d, _ in specs]
+  configs = load_members(dirs, args.combine)
   config = configs[0]
   names = [n for n in args.evals.split(",") if n] or list(config.evals)
   unknown = [n for n in names if n not in config.evals]
   if unknown:
     raise EnsembleError(f"--evals: {', '.join(unknown)} not among the members' evaluators "
                         f"({', '.join(config.evals)})")
-  found = find_checkpoints(dirs, args.checkpoint)
+  whiches = [which or args.checkpoint for _, which in specs]
+  found = find_checkpoints(dirs, whiches)
   if os.path.exists(os.path.join(workdir, "result.json")):
     raise EnsembleError(f"{workdir} already holds a result.json; use another --workdir")
-  return workdir, dirs, configs, names, found
+  return workdir, dirs, configs, names, whiches, found
+
+
+def _averaged(params: tuple):
+  """The members' mean parameters (accumulated in float64), in their own dtype."""
+  return jax.tree.map(
+      lambda *xs: np.mean(np.stack(xs), axis=0, dtype=np.float64).astype(xs[0].dtype), *params)
+
+
+def _task_and_params(configs: list, dataset, dirs: list[str], found, combine: str, say):
+  """(what evaluates, its parameters): the ensemble and the members' parameters, or for
+  combine 'params' the first member's task and the members' mean parameters."""
+  member_tasks = [tasks.build_task(c, dataset) for c in configs]
+  params = restore(configs, member_tasks, dirs, found, say)
+  if combine == "params":
+    return member_tasks[0], _averaged(params)
+  try:
+    return EnsembleTask(member_tasks, combine), params
+  except ValueError as e:
+    raise EnsembleError(str(e)) from None
 
 
 def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: str,
@@ -180,29 +219,25 @@ def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: s
   start, start_cpu = time.time(), time.process_time()
   config = configs[0]
   dataset = data.from_config(config.data)
-  member_tasks = [tasks.build_task(c, dataset) for c in configs]
-  try:
-    task = EnsembleTask(member_tasks, combine)
-  except ValueError as e:
-    raise EnsembleError(str(e)) from None
+  task, params = _task_and_params(configs, dataset, dirs, found, combine, say)
   evals = _evaluators(config, names, task, workdir)
-  params = restore(configs, member_tasks, dirs, found, say)
-  members = [_member_result(d) for d in dirs]
+  runs = [_member_result(d) for d in dict.fromkeys(dirs)]  # a run's training counts once
   steps_ = [step for _, step in found]
+  what = (f"the average of {len(dirs)} checkpoints" if combine == "params"
+          else f"ensemble of {len(dirs)}")
   result = {}
   for name, ev in evals.items():
-    say(ev.describe() + f", ensemble of {len(dirs)}")
+    say(f"{ev.describe()}, {what}")
     result[name] = ev.run(params, max(steps_))
     say(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in result[name].items()))
   first = result[names[0]]
-  result.update(final=first, best=first, best_by=validate.selection_metric(config, member_tasks[0]),
+  result.update(final=first, best=first, best_by=validate.selection_metric(config, task),
                 select_eval=names[0], step=max(steps_), members=dirs, member_steps=steps_,
                 num_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
                 eval_wall_s=time.time() - start,
-                wall_time_s=sum(m.get("wall_time_s", 0.0) for m in members)
-                + time.time() - start,
+                wall_time_s=sum(r.get("wall_time_s", 0.0) for r in runs) + time.time() - start,
                 seed=None, provenance=provenance.collect(dataset))
-  cpu = [m.get("cpu_time_s") for m in members]
+  cpu = [r.get("cpu_time_s") for r in runs]
   if None not in cpu:  # else a member trained before CPU time was recorded: no total
     result["cpu_time_s"] = sum(cpu) + time.process_time() - start_cpu
   return result
@@ -210,7 +245,7 @@ def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: s
 
 def run(args) -> dict:
   """Checks, then evaluates the ensemble into its workdir and registers it in the root."""
-  workdir, dirs, configs, names, found = check(args)
+  workdir, dirs, configs, names, whiches, found = check(args)
   config = configs[0]
   os.makedirs(workdir, exist_ok=True)
   with lock.hold(workdir, what="ensemble workdir"), \
@@ -223,11 +258,12 @@ def run(args) -> dict:
 
     record = dict(config.to_dict(), ensemble={
         "members": dirs, "models": [c.model.name for c in configs], "combine": args.combine,
-        "checkpoint": args.checkpoint, "steps": [s for _, s in found]})
+        "checkpoints": whiches, "steps": [s for _, s in found]})
     paths.atomic_write_bytes(os.path.join(workdir, "config.json"),
                              json.dumps(record, indent=1).encode())
     manifest_lib.register_run(workdir, CONFIG, SWEEP, status="running",
-                              overrides={"members": len(dirs), "checkpoint": args.checkpoint,
+                              overrides={"members": len(dirs),
+                                         "checkpoint": ",".join(dict.fromkeys(whiches)),
                                          "combine": args.combine,
                                          "models": "+".join(c.model.name for c in configs)})
     try:

@@ -360,8 +360,11 @@ def test_ensemble_of_a_run_with_itself_scores_as_the_run(data_dir, rnn, tmp_path
   result = json.loads((out / "result.json").read_text())
   own = _dev_row(rnn, 6)
   assert result["member_steps"] == [6, 6] and result["best_by"] == "loss"
-  own_cpu = json.loads(open(os.path.join(rnn, "result.json")).read())["cpu_time_s"]
-  assert 2 * own_cpu < result["cpu_time_s"]  # the members' training, and this evaluation
+  spent = json.loads(open(os.path.join(rnn, "result.json")).read())
+  # The run's training counted once (it is both members), and this evaluation.
+  assert result["wall_time_s"] == pytest.approx(spent["wall_time_s"] + result["eval_wall_s"],
+                                                abs=0.01)
+  assert spent["cpu_time_s"] < result["cpu_time_s"]
   for key in ("loss", "nll", "accuracy", "sequence_accuracy", "token_error_rate"):
     assert result["dev"][key] == pytest.approx(own[key], rel=1e-5, abs=1e-6), key
   assert result["final"] == result["dev"]
@@ -371,7 +374,8 @@ def test_ensemble_of_a_run_with_itself_scores_as_the_run(data_dir, rnn, tmp_path
   assert manifest["trials"]["twice"]["status"] == "done"
   config = json.loads((out / "config.json").read_text())
   assert config["ensemble"] == {"members": [rnn, rnn], "models": ["rnn_seq2seq"] * 2,
-                                "combine": "probs", "checkpoint": "latest", "steps": [6, 6]}
+                                "combine": "probs", "checkpoints": ["latest"] * 2,
+                                "steps": [6, 6]}
   # A second ensemble into the same workdir would overwrite a result: refused.
   assert _ensemble(data_dir, monkeypatch, f"--members={rnn},{rnn}", f"--workdir={out}") == 2
 
@@ -401,6 +405,25 @@ def test_ensemble_of_an_rnn_and_a_transformer(data_dir, rnn, transformer, tmp_pa
   assert overrides["combine"] == combine and overrides["models"] == "rnn_seq2seq+transformer"
 
 
+def test_checkpoint_averaging(data_dir, rnn, tmp_path, monkeypatch):
+  """--combine=params: one model whose parameters are the members' mean. The mean of a
+  checkpoint with itself scores as that checkpoint; the mean of steps 3 and 6 is one model of
+  the run's size that scores as neither."""
+  root = tmp_path / "averages"
+  for name, members in (("same", [f"{rnn}@6", f"{rnn}@6"]), ("mean", [f"{rnn}@3", f"{rnn}@6"])):
+    assert _ensemble(data_dir, monkeypatch, "--members", *members, f"--workdir={root / name}",
+                     "--combine=params", "--evals=dev") == 0
+  same, mean = (json.loads((root / n / "result.json").read_text()) for n in ("same", "mean"))
+  own = json.loads(open(os.path.join(rnn, "result.json")).read())
+  for key in ("loss", "nll", "accuracy", "sequence_accuracy", "token_error_rate"):
+    assert same["dev"][key] == pytest.approx(_dev_row(rnn, 6)[key], rel=1e-5, abs=1e-6), key
+  assert mean["member_steps"] == [3, 6] and mean["num_params"] == own["num_params"]
+  assert min(abs(mean["dev"]["nll"] - _dev_row(rnn, s)["nll"]) for s in (3, 6)) > 1e-4
+  assert mean["wall_time_s"] == pytest.approx(own["wall_time_s"] + mean["eval_wall_s"], abs=0.01)
+  manifest = json.loads((root / "sweep.json").read_text())["trials"]
+  assert manifest["mean"]["overrides"]["checkpoint"] == "3,6"
+
+
 def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, rnn, tmp_path,
                                                                       monkeypatch, capsys):
   other = tmp_path / "other"
@@ -420,12 +443,17 @@ def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, r
   assert len(ensemble.load_members([rnn, str(moved)])) == 2
   trial = tmp_path / "attention=luong,seed=0"  # a sweep's trial dir: commas in its name
   trial.mkdir()
-  assert ensemble.member_dirs([f"{rnn},{moved}", str(trial)]) == [rnn, str(moved), str(trial)]
+  assert ensemble.member_specs([f"{rnn},{moved}@3", f"{trial}@best"]) == [
+      (rnn, None), (str(moved), "3"), (str(trial), "best")]
   out = tmp_path / "ens" / "E"
   cases = [([f"--members={rnn},{other}"], rf"{other} differs from {rnn} in data.name"),
            ([f"--members={rnn}"], "needs two runs or more, got 1"),
            ([f"--members={rnn},{rnn}"], "kept no best checkpoint"),  # --checkpoint=best
-           ([f"--members={rnn},{rnn}", "--evals=dev,tset"], "tset not among the members'")]
+           ([f"--members={rnn},{rnn}", "--evals=dev,tset"], "tset not among the members'"),
+           ([f"--members={rnn}@6,{rnn}@5"], "--checkpoint=5 is not latest, best or a saved"),
+           ([f"--members={rnn},{moved}", "--combine=params"],
+            "in model.hidden_dim: the members of an ensemble share their task and data and "
+            "model configs")]
   for args, message in cases:
     assert _ensemble(data_dir, monkeypatch, *args, f"--workdir={out}") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
