@@ -5,8 +5,8 @@ r"""Evaluate an ensemble of trained runs: their pooled distribution, token by to
         [--evals=dev,test,dev_beam,test_beam]
     python -m launch.ensemble --members "runs/std/attention=luong,seed=0" \
         "runs/std/attention=luong,seed=1" --workdir=runs/ensembles/seeds  # a sweep's trials
-    python -m launch.ensemble --members runs/std/a@30000 runs/std/a@30500 runs/std/a@31000 \
-        --combine=params --workdir=runs/ensembles/a-last3  # checkpoint averaging
+    python -m launch.ensemble --members runs/std/a@30000+30500+31000 \
+        --workdir=runs/ensembles/a-last3  # checkpoint averaging: one model
     python -m launch.report --root=runs/ensembles --which=test_beam
 
 The members are text-to-text runs on one dataset: their task and data configs must be
@@ -16,19 +16,21 @@ and two), each member restored with its own model and optimizer (a moving averag
 included).
 --combine pools their distributions: probs (the default) their mean probability,
 log_probs their mean log-probability renormalised; params instead averages their
-parameters into one model (checkpoint averaging: members of one model config, typically
-one run's last checkpoints). Each evaluator named in
---evals (default: every one of the first member's config) runs once over the ensemble
+parameters into one model (members of one model config). Each evaluator named in --evals
+(default: every one of the first member's config) runs once over the ensemble
 (`tasks.ensemble`): its split and sample, decoding (greedy, or one beam search over the
 pooled distribution) and metrics, as the members were scored, with every prediction written
 to predictions_<name>.jsonl.
 --checkpoint picks each member's parameters: best (the default: each member's best dev
 step, as its own test scores used), latest or a step; a member given as DIR@WHICH uses
-WHICH instead. A run that is a member more than once counts its training time once.
+WHICH instead, and DIR@A+B+C the mean of those checkpoints' parameters (checkpoint
+averaging: alone, one model; `a@30000+30500+31000 b@best` pools an averaged run with
+another). Two checkpoints or more in all. A run that is a member more than once counts its
+training time once.
 
 The workdir gets `config.json` (the first member's, with `ensemble`: the members, their
-models' names, checkpoints and steps, and --combine), `log.txt` and `result.json` like a training
-run's: one entry per evaluator, `final` and `best` the first evaluator's, `wall_time_s` the
+models' names, checkpoints and steps, and --combine), `log.txt` and `result.json` like a
+training run's: one entry per evaluator, `final` and `best` the first evaluator's, `wall_time_s` the
 members' training wall time summed plus this evaluation's (what the row cost), and
 `cpu_time_s` the same in CPU time where every member recorded it. It is registered as a
 trial of its parent dir, so `launch.report` tables ensembles together. Exit 2 with one line
@@ -73,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--members", required=True, nargs="+",
                  help="workdirs of trained runs, comma- or space-separated (a sweep's trial "
                       "dirs have commas in their names: give those space-separated), each "
-                      "optionally DIR@WHICH (best, latest or a step) for its checkpoint")
+                      "optionally DIR@WHICH (best, latest or a step) for its checkpoint, or "
+                      "DIR@A+B for the mean of checkpoints A and B")
   p.add_argument("--workdir", required=True, help="the ensemble's dir; its parent, the root")
   p.add_argument("--checkpoint", default="best", help="best, latest or a step, for every member")
   p.add_argument("--combine", default="probs", choices=COMBINES + ("params",),
@@ -111,8 +114,6 @@ def member_specs(values: list[str]) -> list[tuple[str, str | None]]:
 def load_members(dirs: list[str], combine: str = "probs") -> list:
   """The members' configs, checked to share SHARED (and, to average their parameters, the
   model config but for its dropout)."""
-  if len(dirs) < 2:
-    raise EnsembleError(f"--members needs two runs or more, got {len(dirs)}")
   try:
     configs = [predict.load_config(d) for d in dirs]
   except PredictError as e:
@@ -128,25 +129,35 @@ def load_members(dirs: list[str], combine: str = "probs") -> list:
   return configs
 
 
-def find_checkpoints(dirs: list[str], whiches: list[str]) -> list[tuple[str, int]]:
-  """Each member's (checkpoint dir name, step) for its --checkpoint or @WHICH."""
+def find_checkpoints(dirs: list[str], whiches: list[str]) -> list[list[tuple[str, int]]]:
+  """Each member's checkpoints, (dir name, step) each, for its --checkpoint or @WHICH
+  (several for @A+B+C)."""
   try:
-    return [predict.find_checkpoint(d, which) for d, which in zip(dirs, whiches)]
+    return [[predict.find_checkpoint(d, w) for w in which.split("+")]
+            for d, which in zip(dirs, whiches)]
   except PredictError as e:
     raise EnsembleError(str(e)) from None
 
 
-def restore(configs: list, member_tasks: list, dirs: list[str], found: list[tuple[str, int]],
-            say) -> tuple:
+def _averaged(params: list):
+  """The mean of parameter trees (accumulated in float64), in their own dtype."""
+  return jax.tree.map(
+      lambda *xs: np.mean(np.stack(xs), axis=0, dtype=np.float64).astype(xs[0].dtype), *params)
+
+
+def restore(configs: list, member_tasks: list, dirs: list[str], found: list, say) -> tuple:
   """The members' parameters, each restored with its own model and optimizer (one that kept
-  a moving average has it in its optimizer state)."""
+  a moving average has it in its optimizer state); a member of several checkpoints gets
+  their mean."""
   params = []
-  for config, task, d, (name, step) in zip(configs, member_tasks, dirs, found):
+  for config, task, d, checkpoints in zip(configs, member_tasks, dirs, found):
     try:
-      params.append(predict.restore_params(config, task, d, name, step))
+      params.append(_averaged([predict.restore_params(config, task, d, name, step)
+                               for name, step in checkpoints]))
     except PredictError as e:
       raise EnsembleError(str(e)) from None
-    say(f"member {d}: {name} checkpoint, step {step}")
+    say(f"member {d}: " + ", ".join(f"{name} checkpoint, step {step}"
+                                    for name, step in checkpoints))
   return tuple(params)
 
 
@@ -180,6 +191,11 @@ def check(args) -> tuple:
   workdir = os.path.abspath(args.workdir)
   specs = member_specs(args.members)
   dirs = [os.path.abspath(d) for d, _ in specs]
+  whiches = [which or args.checkpoint for _, which in specs]
+  count = sum(len(w.split("+")) for w in whiches)
+  if count < 2:
+    raise EnsembleError(f"--members needs two checkpoints or more (runs, or DIR@A+B), got "
+                        f"{count}")
   configs = load_members(dirs, args.combine)
   config = configs[0]
   names = [n for n in args.evals.split(",") if n] or list(config.evals)
@@ -187,25 +203,19 @@ def check(args) -> tuple:
   if unknown:
     raise EnsembleError(f"--evals: {', '.join(unknown)} not among the members' evaluators "
                         f"({', '.join(config.evals)})")
-  whiches = [which or args.checkpoint for _, which in specs]
   found = find_checkpoints(dirs, whiches)
   if os.path.exists(os.path.join(workdir, "result.json")):
     raise EnsembleError(f"{workdir} already holds a result.json; use another --workdir")
   return workdir, dirs, configs, names, whiches, found
 
 
-def _averaged(params: tuple):
-  """The members' mean parameters (accumulated in float64), in their own dtype."""
-  return jax.tree.map(
-      lambda *xs: np.mean(np.stack(xs), axis=0, dtype=np.float64).astype(xs[0].dtype), *params)
-
-
 def _task_and_params(configs: list, dataset, dirs: list[str], found, combine: str, say):
   """(what evaluates, its parameters): the ensemble and the members' parameters, or for
-  combine 'params' the first member's task and the members' mean parameters."""
+  combine 'params' or a single member the first member's task and the members' mean
+  parameters."""
   member_tasks = [tasks.build_task(c, dataset) for c in configs]
   params = restore(configs, member_tasks, dirs, found, say)
-  if combine == "params":
+  if combine == "params" or len(params) == 1:
     return member_tasks[0], _averaged(params)
   try:
     return EnsembleTask(member_tasks, combine), params
@@ -222,17 +232,19 @@ def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: s
   task, params = _task_and_params(configs, dataset, dirs, found, combine, say)
   evals = _evaluators(config, names, task, workdir)
   runs = [_member_result(d) for d in dict.fromkeys(dirs)]  # a run's training counts once
-  steps_ = [step for _, step in found]
-  what = (f"the average of {len(dirs)} checkpoints" if combine == "params"
-          else f"ensemble of {len(dirs)}")
+  steps_ = [[step for _, step in member] for member in found]
+  last = max(max(member) for member in steps_)
+  what = (f"ensemble of {len(dirs)}" if combine != "params" and len(dirs) > 1
+          else f"the average of {sum(map(len, found))} checkpoints")
   result = {}
   for name, ev in evals.items():
     say(f"{ev.describe()}, {what}")
-    result[name] = ev.run(params, max(steps_))
+    result[name] = ev.run(params, last)
     say(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in result[name].items()))
   first = result[names[0]]
   result.update(final=first, best=first, best_by=validate.selection_metric(config, task),
-                select_eval=names[0], step=max(steps_), members=dirs, member_steps=steps_,
+                select_eval=names[0], step=last, members=dirs,
+                member_steps=[m[0] if len(m) == 1 else m for m in steps_],
                 num_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
                 eval_wall_s=time.time() - start,
                 wall_time_s=sum(r.get("wall_time_s", 0.0) for r in runs) + time.time() - start,
@@ -258,7 +270,8 @@ def run(args) -> dict:
 
     record = dict(config.to_dict(), ensemble={
         "members": dirs, "models": [c.model.name for c in configs], "combine": args.combine,
-        "checkpoints": whiches, "steps": [s for _, s in found]})
+        "checkpoints": whiches,
+        "steps": [[s for _, s in m] if len(m) > 1 else m[0][1] for m in found]})
     paths.atomic_write_bytes(os.path.join(workdir, "config.json"),
                              json.dumps(record, indent=1).encode())
     manifest_lib.register_run(workdir, CONFIG, SWEEP, status="running",

@@ -406,22 +406,27 @@ def test_ensemble_of_an_rnn_and_a_transformer(data_dir, rnn, transformer, tmp_pa
 
 
 def test_checkpoint_averaging(data_dir, rnn, tmp_path, monkeypatch):
-  """--combine=params: one model whose parameters are the members' mean. The mean of a
-  checkpoint with itself scores as that checkpoint; the mean of steps 3 and 6 is one model of
-  the run's size that scores as neither."""
+  """DIR@A+B, or members pooled with --combine=params: one model whose parameters are the
+  checkpoints' mean. The mean of a checkpoint with itself scores as that checkpoint; the
+  mean of steps 3 and 6 is one model of the run's size that scores as neither, by either
+  route."""
   root = tmp_path / "averages"
-  for name, members in (("same", [f"{rnn}@6", f"{rnn}@6"]), ("mean", [f"{rnn}@3", f"{rnn}@6"])):
+  for name, members in (("same", [f"{rnn}@6+6"]), ("mean", [f"{rnn}@3+6"]),
+                        ("params", [f"{rnn}@3", f"{rnn}@6", "--combine=params"])):
     assert _ensemble(data_dir, monkeypatch, "--members", *members, f"--workdir={root / name}",
-                     "--combine=params", "--evals=dev") == 0
-  same, mean = (json.loads((root / n / "result.json").read_text()) for n in ("same", "mean"))
+                     "--evals=dev") == 0
+  same, mean, params = (json.loads((root / n / "result.json").read_text())
+                        for n in ("same", "mean", "params"))
+  assert params["dev"] == mean["dev"] and params["member_steps"] == [3, 6]
   own = json.loads(open(os.path.join(rnn, "result.json")).read())
   for key in ("loss", "nll", "accuracy", "sequence_accuracy", "token_error_rate"):
     assert same["dev"][key] == pytest.approx(_dev_row(rnn, 6)[key], rel=1e-5, abs=1e-6), key
-  assert mean["member_steps"] == [3, 6] and mean["num_params"] == own["num_params"]
+  assert mean["member_steps"] == [[3, 6]] and mean["num_params"] == own["num_params"]
   assert min(abs(mean["dev"]["nll"] - _dev_row(rnn, s)["nll"]) for s in (3, 6)) > 1e-4
   assert mean["wall_time_s"] == pytest.approx(own["wall_time_s"] + mean["eval_wall_s"], abs=0.01)
   manifest = json.loads((root / "sweep.json").read_text())["trials"]
-  assert manifest["mean"]["overrides"]["checkpoint"] == "3,6"
+  assert manifest["mean"]["overrides"]["checkpoint"] == "3+6"
+  assert manifest["params"]["overrides"]["checkpoint"] == "3,6"
 
 
 def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, rnn, tmp_path,
@@ -443,11 +448,11 @@ def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, r
   assert len(ensemble.load_members([rnn, str(moved)])) == 2
   trial = tmp_path / "attention=luong,seed=0"  # a sweep's trial dir: commas in its name
   trial.mkdir()
-  assert ensemble.member_specs([f"{rnn},{moved}@3", f"{trial}@best"]) == [
-      (rnn, None), (str(moved), "3"), (str(trial), "best")]
+  assert ensemble.member_specs([f"{rnn},{moved}@3", f"{trial}@best+7"]) == [
+      (rnn, None), (str(moved), "3"), (str(trial), "best+7")]
   out = tmp_path / "ens" / "E"
   cases = [([f"--members={rnn},{other}"], rf"{other} differs from {rnn} in data.name"),
-           ([f"--members={rnn}"], "needs two runs or more, got 1"),
+           ([f"--members={rnn}"], "needs two checkpoints or more (runs, or DIR@A+B), got 1"),
            ([f"--members={rnn},{rnn}"], "kept no best checkpoint"),  # --checkpoint=best
            ([f"--members={rnn},{rnn}", "--evals=dev,tset"], "tset not among the members'"),
            ([f"--members={rnn}@6,{rnn}@5"], "--checkpoint=5 is not latest, best or a saved"),
