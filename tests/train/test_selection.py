@@ -119,9 +119,13 @@ def test_a_run_evaluates_and_decodes_with_the_average(tmp_path, monkeypatch, sha
   assert any(not np.allclose(got[k], trajectory[-1][k]) for k in want)
   # An ensemble of the two restores each with its own optimizer: p2, and the average.
   configs = ensemble.load_members([runs[0.0], runs[0.5]])
-  members = ensemble.restore(configs, task, [runs[0.0], runs[0.5]], [("checkpoints", 2)] * 2,
-                             say=lambda line: None)
-  for member, expected in zip(members, (trajectory[-1], want)):
+  members = ensemble.restore(configs, [task] * 2, [runs[0.0], runs[0.5]],
+                             [[("checkpoints", 2)]] * 2, say=lambda line: None)
+  # A member of checkpoints 1 and 2 (DIR@1+2) is their mean parameters.
+  members += ensemble.restore(configs[:1], [task], [runs[0.0]],
+                              [[("checkpoints", 1), ("checkpoints", 2)]], say=lambda line: None)
+  mean = {k: (trajectory[1][k] + trajectory[2][k]) / 2 for k in want}  # steps 1 and 2
+  for member, expected in zip(members, (trajectory[-1], want, mean), strict=True):
     for k, value in flat(member).items():
       np.testing.assert_allclose(value, expected[k], rtol=1e-5, atol=1e-6)
 
