@@ -30,9 +30,9 @@ training time once.
 
 The workdir gets `config.json` (the first member's, with `ensemble`: the members, their
 models' names, checkpoints and steps, and --combine), `log.txt` and `result.json` like a
-training run's: one entry per evaluator, `final` and `best` the first evaluator's, `wall_time_s` the
-members' training wall time summed plus this evaluation's (what the row cost), and
-`cpu_time_s` the same in CPU time where every member recorded it. It is registered as a
+training run's: one entry per evaluator, `final` and `best` the first evaluator's,
+`wall_time_s` the members' training wall time summed plus this evaluation's (what the row
+cost), and `cpu_time_s` the same in CPU time where every member recorded it. It is registered as a
 trial of its parent dir, so `launch.report` tables ensembles together. Exit 2 with one line
 for members whose task or data configs differ (naming the key), a member without that
 checkpoint, an unknown evaluator, or a workdir that already holds a result.
@@ -99,9 +99,10 @@ def _differing_key(a, b, prefix: str) -> str | None:
 
 
 def _spec(value: str) -> tuple[str, str | None]:
-  """(dir, checkpoint or None) of one member, DIR or DIR@WHICH."""
+  """(dir, checkpoint or None) of one member, DIR or DIR@WHICH (a directory whose own name
+  has an @ stands as it is)."""
   head, at, which = value.rpartition("@")
-  return (head, which) if at else (value, None)
+  return (head, which) if at and not os.path.isdir(value) else (value, None)
 
 
 def member_specs(values: list[str]) -> list[tuple[str, str | None]]:

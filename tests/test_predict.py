@@ -450,6 +450,9 @@ def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, r
   trial.mkdir()
   assert ensemble.member_specs([f"{rnn},{moved}@3", f"{trial}@best+7"]) == [
       (rnn, None), (str(moved), "3"), (str(trial), "best+7")]
+  at = tmp_path / "run@2"  # a directory with an @ in its name
+  at.mkdir()
+  assert ensemble.member_specs([str(at), f"{at}@6"]) == [(str(at), None), (str(at), "6")]
   out = tmp_path / "ens" / "E"
   cases = [([f"--members={rnn},{other}"], rf"{other} differs from {rnn} in data.name"),
            ([f"--members={rnn}"], "needs two checkpoints or more (runs, or DIR@A+B), got 1"),
