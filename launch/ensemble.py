@@ -141,7 +141,10 @@ def find_checkpoints(dirs: list[str], whiches: list[str]) -> list[list[tuple[str
 
 
 def _averaged(params: list):
-  """The mean of parameter trees (accumulated in float64), in their own dtype."""
+  """The mean of parameter trees (accumulated in float64), in their own dtype; a single tree
+  as it is (every member of one checkpoint would otherwise be copied twice)."""
+  if len(params) == 1:
+    return params[0]
   return jax.tree.map(
       lambda *xs: np.mean(np.stack(xs), axis=0, dtype=np.float64).astype(xs[0].dtype), *params)
 
