@@ -7,6 +7,8 @@ r"""Evaluate an ensemble of trained runs: their pooled distribution, token by to
         "runs/std/attention=luong,seed=1" --workdir=runs/ensembles/seeds  # a sweep's trials
     python -m launch.ensemble --members runs/std/a@30000+30500+31000 \
         --workdir=runs/ensembles/a-last3  # checkpoint averaging: one model
+    python -m launch.ensemble --members runs/std/a@best --decode=beam --beam-size=8 \
+        --beam-alpha=1.0 --evals=dev --workdir=runs/redecode/a-k8-a1  # one run, another beam
     python -m launch.report --root=runs/ensembles --which=test_beam
 
 The members are text-to-text runs on one dataset: their task and data configs must be
@@ -25,17 +27,21 @@ to predictions_<name>.jsonl.
 step, as its own test scores used), latest or a step; a member given as DIR@WHICH uses
 WHICH instead, and DIR@A+B+C the mean of those checkpoints' parameters (checkpoint
 averaging: alone, one model; `a@30000+30500+31000 b@best` pools an averaged run with
-another). Two checkpoints or more in all. A run that is a member more than once counts its
-training time once.
+another). Two checkpoints or more in all, or one re-decoded (below). A run that is a
+member more than once counts its training time once.
+--decode, --beam-size and --beam-alpha decode every evaluator in --evals that way instead
+of as its config says (greedy dev evaluators by beam search, or another beam width or
+length penalty): a search over decoding on dev, for one checkpoint as well as for several.
 
 The workdir gets `config.json` (the first member's, with `ensemble`: the members, their
-models' names, checkpoints and steps, and --combine), `log.txt` and `result.json` like a
-training run's: one entry per evaluator, `final` and `best` the first evaluator's,
-`wall_time_s` the members' training wall time summed plus this evaluation's (what the row
-cost), and `cpu_time_s` the same in CPU time where every member recorded it. It is registered as a
-trial of its parent dir, so `launch.report` tables ensembles together. Exit 2 with one line
+models' names, checkpoints and steps, --combine and any decoding changes), `log.txt` and
+`result.json` like a training run's: one entry per evaluator, `final` and `best` the first
+evaluator's, `wall_time_s` the members' training wall time summed plus this evaluation's
+(what the row cost), and `cpu_time_s` the same in CPU time where every member recorded it.
+It is registered as a trial of its parent dir (the decoding changes among its overrides), so `launch.report` tables ensembles together. Exit 2 with one line
 for members whose task or data configs differ (naming the key), a member without that
-checkpoint, an unknown evaluator, or a workdir that already holds a result.
+checkpoint, an unknown evaluator, a beam setting for an evaluator that decodes greedily, or
+a workdir that already holds a result.
 """
 from __future__ import annotations
 
@@ -84,7 +90,34 @@ def _parser() -> argparse.ArgumentParser:
                       "log-probability, renormalised (log_probs), or average their "
                       "parameters into one model (params: checkpoint averaging)")
   p.add_argument("--evals", default="", help="comma-separated evaluator names (default: all)")
+  p.add_argument("--decode", choices=("greedy", "beam"),
+                 help="decode every evaluator in --evals this way (default: as configured)")
+  p.add_argument("--beam-size", type=int, help="beams, for every beam evaluator in --evals")
+  p.add_argument("--beam-alpha", type=float,
+                 help="GNMT length penalty, for every beam evaluator in --evals (0: none)")
   return p
+
+
+def decoding(args) -> dict:
+  """The evaluator keys that --decode, --beam-size and --beam-alpha change."""
+  changes = {k: v for k, v in (("decode", args.decode), ("beam_size", args.beam_size),
+                               ("beam_alpha", args.beam_alpha)) if v is not None}
+  if changes.get("beam_size", 1) < 1:
+    raise EnsembleError(f"--beam-size must be at least 1, got {args.beam_size}")
+  if not 0 <= changes.get("beam_alpha", 0) < float("inf"):
+    raise EnsembleError(f"--beam-alpha must be a number at least 0, got {args.beam_alpha}")
+  return changes
+
+
+def _check_decoding(config, names: list[str], changes: dict) -> None:
+  """Beam settings only where the evaluator (after --decode) searches a beam."""
+  beam = {"beam_size", "beam_alpha"} & set(changes)
+  for name in names:
+    decode = changes.get("decode", config.evals[name].decode)
+    if beam and decode != "beam":
+      flags = " and ".join("--" + k.replace("_", "-") for k in sorted(beam))
+      raise EnsembleError(f"{flags} set a beam search, but evals.{name} decodes {decode!r}: "
+                          f"add --decode=beam or leave {name} out of --evals")
 
 
 def _differing_key(a, b, prefix: str) -> str | None:
@@ -165,15 +198,16 @@ def restore(configs: list, member_tasks: list, dirs: list[str], found: list, say
   return tuple(params)
 
 
-def _evaluators(config, names: list[str], task, workdir: str) -> dict:
-  """The named evaluators of the members' config, run once each over the ensemble."""
+def _evaluators(config, names: list[str], task, workdir: str, changes: dict) -> dict:
+  """The named evaluators of the members' config, with `changes` to their decoding, run
+  once each over the ensemble."""
   mesh = partition.make_mesh(config.train.mesh_shape)
   eval_step = jax.jit(functools.partial(steps.eval_step, loss_fn=task.loss))
   out = Output(workdir, metrics_lib.MetricWriter(workdir), metrics_lib.Progress(0, 0, 1), True)
   made = {}
   for name in names:
     cfg = config.evals[name].copy_and_resolve_references()
-    cfg.update(heatmaps=0, predictions=True)
+    cfg.update(heatmaps=0, predictions=True, **changes)
     made[name] = evaluators.Evaluator(name, cfg, task, mesh, eval_step,
                                       config.data.eval_batch_size, out)
   return made
@@ -190,16 +224,17 @@ def _member_result(workdir: str) -> dict:
 
 def check(args) -> tuple:
   """(workdir, members' dirs, their configs, evaluator names, each member's --checkpoint or
-  @WHICH, the checkpoints found): every check that needs no data, made before anything is
-  written."""
+  @WHICH, the checkpoints found, the decoding changes): every check that needs no data,
+  made before anything is written."""
   workdir = os.path.abspath(args.workdir)
+  changes = decoding(args)
   specs = member_specs(args.members)
   dirs = [os.path.abspath(d) for d, _ in specs]
   whiches = [which or args.checkpoint for _, which in specs]
   count = sum(len(w.split("+")) for w in whiches)
-  if count < 2:
-    raise EnsembleError(f"--members needs two checkpoints or more (runs, or DIR@A+B), got "
-                        f"{count}")
+  if count < 2 and not changes:  # one checkpoint as it was decoded: its own run's scores
+    raise EnsembleError(f"--members needs two checkpoints or more (runs, or DIR@A+B), or "
+                        f"one with --decode, --beam-size or --beam-alpha; got {count}")
   configs = load_members(dirs, args.combine)
   config = configs[0]
   names = [n for n in args.evals.split(",") if n] or list(config.evals)
@@ -207,10 +242,11 @@ def check(args) -> tuple:
   if unknown:
     raise EnsembleError(f"--evals: {', '.join(unknown)} not among the members' evaluators "
                         f"({', '.join(config.evals)})")
+  _check_decoding(config, names, changes)
   found = find_checkpoints(dirs, whiches)
   if os.path.exists(os.path.join(workdir, "result.json")):
     raise EnsembleError(f"{workdir} already holds a result.json; use another --workdir")
-  return workdir, dirs, configs, names, whiches, found
+  return workdir, dirs, configs, names, whiches, found, changes
 
 
 def _task_and_params(configs: list, dataset, dirs: list[str], found, combine: str, say):
@@ -228,18 +264,19 @@ def _task_and_params(configs: list, dataset, dirs: list[str], found, combine: st
 
 
 def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: str,
-             say, combine: str = "probs") -> dict:
+             say, combine: str = "probs", changes: dict | None = None) -> dict:
   """Builds the ensemble, runs its evaluators and returns result.json's contents."""
   start, start_cpu = time.time(), time.process_time()
   config = configs[0]
   dataset = data.from_config(config.data)
   task, params = _task_and_params(configs, dataset, dirs, found, combine, say)
-  evals = _evaluators(config, names, task, workdir)
+  evals = _evaluators(config, names, task, workdir, changes or {})
   runs = [_member_result(d) for d in dict.fromkeys(dirs)]  # a run's training counts once
   steps_ = [[step for _, step in member] for member in found]
   last = max(max(member) for member in steps_)
+  count = sum(map(len, found))
   what = (f"ensemble of {len(dirs)}" if combine != "params" and len(dirs) > 1
-          else f"the average of {sum(map(len, found))} checkpoints")
+          else f"the average of {count} checkpoints" if count > 1 else f"step {last}")
   result = {}
   for name, ev in evals.items():
     say(f"{ev.describe()}, {what}")
@@ -261,7 +298,7 @@ def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: s
 
 def run(args) -> dict:
   """Checks, then evaluates the ensemble into its workdir and registers it in the root."""
-  workdir, dirs, configs, names, whiches, found = check(args)
+  workdir, dirs, configs, names, whiches, found, changes = check(args)
   config = configs[0]
   os.makedirs(workdir, exist_ok=True)
   with lock.hold(workdir, what="ensemble workdir"), \
@@ -275,16 +312,18 @@ def run(args) -> dict:
     record = dict(config.to_dict(), ensemble={
         "members": dirs, "models": [c.model.name for c in configs], "combine": args.combine,
         "checkpoints": whiches,
-        "steps": [[s for _, s in m] if len(m) > 1 else m[0][1] for m in found]})
+        "steps": [[s for _, s in m] if len(m) > 1 else m[0][1] for m in found],
+        **({"decoding": changes} if changes else {})})
     paths.atomic_write_bytes(os.path.join(workdir, "config.json"),
                              json.dumps(record, indent=1).encode())
     manifest_lib.register_run(workdir, CONFIG, SWEEP, status="running",
                               overrides={"members": len(dirs),
                                          "checkpoint": ",".join(dict.fromkeys(whiches)),
                                          "combine": args.combine,
-                                         "models": "+".join(c.model.name for c in configs)})
+                                         "models": "+".join(c.model.name for c in configs),
+                                         **changes})
     try:
-      result = evaluate(configs, dirs, names, found, workdir, say, args.combine)
+      result = evaluate(configs, dirs, names, found, workdir, say, args.combine, changes)
     except BaseException as e:
       status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
       manifest_lib.register_run(workdir, CONFIG, SWEEP, status=status)

@@ -429,6 +429,40 @@ def test_checkpoint_averaging(data_dir, rnn, tmp_path, monkeypatch):
   assert manifest["params"]["overrides"]["checkpoint"] == "3,6"
 
 
+def test_one_run_redecoded_by_beam_search(data_dir, rnn, tmp_path, monkeypatch, capsys):
+  """--decode=beam on one checkpoint: a beam of one is greedy search, so it predicts what a
+  NumPy greedy loop does and scores as the run's own greedy dev evaluator at that step.
+  The decoding changes go into config.json and the sweep's overrides; beam settings for a
+  greedy evaluator, or out of range, are refused before anything is written."""
+  root = tmp_path / "redecode"
+  assert _ensemble(data_dir, monkeypatch, "--members", f"{rnn}@6", "--decode=beam",
+                   "--beam-size=1", "--beam-alpha=0", "--evals=dev",
+                   f"--workdir={root / 'k1'}") == 0
+  result = json.loads((root / "k1" / "result.json").read_text())
+  own = _dev_row(rnn, 6)
+  for key in ("loss", "nll", "sequence_accuracy", "token_error_rate"):
+    assert result["dev"][key] == pytest.approx(own[key], rel=1e-5, abs=1e-6), key
+  records = [json.loads(line) for line in (root / "k1" / "predictions_dev.jsonl").open()]
+  config, task, params = _load(data_dir, rnn, 6)
+  batch = predict_io.make_batch(task.dataset, [r["source"] for r in records])
+  ids, _ = _numpy_greedy(task, params, batch, evaluators.decode_budget(task, config.evals.dev))
+  assert [r["prediction"] for r in records] == [task.text(row) for row in ids]
+  assert json.loads((root / "k1" / "config.json").read_text())["ensemble"]["decoding"] == {
+      "decode": "beam", "beam_size": 1, "beam_alpha": 0.0}
+  overrides = json.loads((root / "sweep.json").read_text())["trials"]["k1"]["overrides"]
+  assert overrides["beam_size"] == 1 and overrides["checkpoint"] == "6"
+  cases = [(["--beam-size=3"], "--beam-size set a beam search, but evals.dev decodes "
+                               "'greedy': add --decode=beam or leave dev out of --evals"),
+           (["--decode=beam", "--beam-size=0"], "--beam-size must be at least 1, got 0"),
+           (["--decode=beam", "--beam-alpha=-1"], "--beam-alpha must be a number at least 0")]
+  for args, message in cases:
+    assert _ensemble(data_dir, monkeypatch, "--members", f"{rnn}@6", *args, "--evals=dev",
+                     f"--workdir={root / 'bad'}") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("launch.ensemble: ") and message in err, err
+  assert not (root / "bad").exists()
+
+
 def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, rnn, tmp_path,
                                                                       monkeypatch, capsys):
   other = tmp_path / "other"
@@ -455,7 +489,8 @@ def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, r
   assert ensemble.member_specs([str(at), f"{at}@6"]) == [(str(at), None), (str(at), "6")]
   out = tmp_path / "ens" / "E"
   cases = [([f"--members={rnn},{other}"], rf"{other} differs from {rnn} in data.name"),
-           ([f"--members={rnn}"], "needs two checkpoints or more (runs, or DIR@A+B), got 1"),
+           ([f"--members={rnn}"], "needs two checkpoints or more (runs, or DIR@A+B), or one "
+                                  "with --decode, --beam-size or --beam-alpha; got 1"),
            ([f"--members={rnn},{rnn}"], "kept no best checkpoint"),  # --checkpoint=best
            ([f"--members={rnn},{rnn}", "--evals=dev,tset"], "tset not among the members'"),
            ([f"--members={rnn}@6,{rnn}@5"], "--checkpoint=5 is not latest, best or a saved"),
