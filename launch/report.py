@@ -12,6 +12,7 @@ Reads `<root>/sweep.json` and every finished trial's `result.json` and
   trials.csv                one row per finished trial, the raw numbers
   <metric>_vs_<key>.png     the metric against each varied hyperparameter
   learning_curves.png       train loss and the eval metric against steps
+                            (none when no trial has two points: ensembles)
 Rates (WER, PER, accuracies, error rates) are shown in percent. An experiment
 file may declare `REFERENCES`, a list of dicts (source, where, metric, value,
 note; values in the units shown here), printed beside our best value. The
@@ -235,21 +236,46 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
     fig.savefig(path, dpi=120)
     plt.close(fig)
     written.append(path)
-  fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4 + 0.15 * len(groups)),
-                                           layout="constrained")
-  colors: dict[str, str] = {}  # one colour per configuration; its seeds share it
+  curves = learning_curves(out, groups, metric, rows, varying)
+  return written + ([curves] if curves else [])
+
+
+def _curves(rows: list[dict], metric: str) -> list[tuple[dict, list, list]]:
+  """(row, train loss points, selection-eval metric points) of each row with a curve."""
+  s = _scale(metric)
+  out = []
   for row in rows:
     if not os.path.exists(row["curve"]):
       continue
-    config = manifest_lib.config_label(row["overrides"])
-    first = config not in colors
-    color = colors.setdefault(config, f"C{len(colors) % 10}")
-    style = dict(color=color, lw=1, label=plot_label(row["overrides"], varying) if first else None)
     records = [json.loads(line) for line in open(row["curve"])]
     train = [(r["step"], r["loss"]) for r in records if r["split"] == "train"]
     # The selection evaluator's rows ('eval' in runs made before evaluators had names).
     select = row["result"].get("select_eval", "eval")
     evals = [(r["step"], r[metric] * s) for r in records if r["split"] == select and metric in r]
+    out.append((row, train, evals))
+  return out
+
+
+def learning_curves(out: str, groups: list[dict], metric: str, rows: list[dict],
+                    varying: list[str]) -> str | None:
+  """learning_curves.png: train loss and the eval metric against steps; None (no figure)
+  when no row has two points of either (ensembles: one evaluation each, no curve)."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  curves = _curves(rows, metric)
+  path = os.path.join(out, "learning_curves.png")
+  if not any(len(train) > 1 or len(evals) > 1 for _, train, evals in curves):
+    if os.path.exists(path):  # an earlier report's, of rows that are not these
+      os.remove(path)
+    return None
+  ylabel = f"{metric} (%)" if _scale(metric) == 100.0 else metric
+  fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4 + 0.15 * len(groups)),
+                                           layout="constrained")
+  colors: dict[str, str] = {}  # one colour per configuration; its seeds share it
+  for row, train, evals in curves:
+    config = manifest_lib.config_label(row["overrides"])
+    first = config not in colors
+    color = colors.setdefault(config, f"C{len(colors) % 10}")
+    style = dict(color=color, lw=1, label=plot_label(row["overrides"], varying) if first else None)
     if train:
       ax_loss.plot(*zip(*train), **style)
     if evals:
@@ -264,10 +290,9 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
   if len(labels) > 1:  # below both panels, so long labels do not squeeze them
     fig.legend(handles, labels, loc="outside lower center", fontsize=7,
                ncol=1 if max(map(len, labels)) > 60 else min(3, len(labels)))
-  path = os.path.join(out, "learning_curves.png")
   fig.savefig(path, dpi=120)
   plt.close(fig)
-  return written + [path]
+  return path
 
 
 def report(root: str, metric: str | None = None, which: str = "final",

@@ -113,7 +113,8 @@ def test_report_means_and_stds_over_seeds(tmp_path):
               "test_beam": {"wer": wer / 4}}
     (root / name / "result.json").write_text(json.dumps(result))
     (root / name / "metrics.jsonl").write_text(
-        json.dumps({"step": 10, "split": "train", "loss": loss}) + "\n"
+        json.dumps({"step": 5, "split": "train", "loss": 2 * loss}) + "\n"
+        + json.dumps({"step": 10, "split": "train", "loss": loss}) + "\n"
         + json.dumps({"step": 10, "split": "eval", "loss": loss, "wer": wer}) + "\n")
     trials[name] = {"status": "done", "overrides": {"attention": "luong", "seed": seed}}
   # The published numbers as the sweep recorded them when it started (the report never imports
@@ -182,8 +183,16 @@ def test_plots_name_configurations_by_what_differs_and_skip_single_points(tmp_pa
         json.dumps({"step": 10, "split": "train", "loss": 1.0}) + "\n")
     trials[name] = {"index": index, "status": "done", "overrides": overrides}
   (root / "sweep.json").write_text(json.dumps({"config": "gone.py", "sweep": "s", "trials": trials}))
+  (root / "report").mkdir()
+  (root / "report" / "learning_curves.png").write_bytes(b"an earlier report's")
+  # One point per trial (as an ensemble has): no curve to draw, and no stale figure left.
+  assert report.report(str(root))["figures"] == []
+  assert not (root / "report" / "learning_curves.png").exists()
+  with open(root / "trial0" / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 20, "split": "train", "loss": 0.5}) + "\n")
   done = report.report(str(root))
   assert [os.path.basename(p) for p in done["figures"]] == ["learning_curves.png"]
+  assert (root / "report" / "learning_curves.png").read_bytes().startswith(b"\x89PNG")
   _, rows = report.collect(str(root))
   keys = report.varied_keys(rows)
   assert keys == ["attention", "steps", "model.hidden_dim"]
