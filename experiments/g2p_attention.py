@@ -14,23 +14,28 @@ test (at the end, score the best dev step on the test split), estimator, credit 
 Gumbel-softmax, Xu et al.'s recipe; as in `experiments/algorithmic.py`), beam (k > 0: at the end,
 also decode dev and, with test, test by beam search of width k at the best dev step, as
 evaluators `dev_beam` and `test_beam`; the step is still picked by greedy dev WER), layers
-(stacked LSTM layers in the encoder and the decoder), smoke.
+(stacked LSTM layers in the encoder and the decoder), distilled (a dir that
+`launch.distill_g2p` wrote: the standard split with a teacher's train pronunciations, read
+as the manual dir, prepared in its `data/`; implies standard), smoke.
 
 Sweeps (`python -m launch.sweep --config=experiments/g2p_attention.py --sweep=NAME`):
 `sweep`, every attention kind and score; `small`, the 2-core ablation of `make sweep`;
 `hard_estimators`, soft vs hard attention trained by each estimator;
 `converged`, the best of `sweep` without stress, trained until dev WER stops improving;
 `standard`, that wide model on the published split, also beam-decoded; `standard_levers`,
-that run with one lever changed (label smoothing; the parameters' moving average).
+that run with one lever changed (label smoothing; the parameters' moving average);
+`standard_distilled`, the moving-average run trained on an ensemble's outputs.
 Search (`python -m launch.sweep --config=experiments/g2p_attention.py --search=optuna
 --trials=20 --root=runs/g2p_search`): `search_space`, Luong attention's learning rate,
 dropout, width and score.
 """
+import os
+
 from attention_jax import experiment
 
 DEFAULTS = dict(attention="luong", score="general", cell="lstm", stress=True, standard=False,
                 steps=3000, test=False, beam=0, smoke=False, layers=1,
-                estimator="reinforce", credit="sequence", xu=False)
+                estimator="reinforce", credit="sequence", xu=False, distilled="")
 # The converged sweep's wide RNN.
 WIDE = {"model.hidden_dim": 256, "model.src_embed_dim": 128, "model.tgt_embed_dim": 128,
         "model.dropout_rate": 0.2}
@@ -60,8 +65,10 @@ def get_config(arg=None):
   args = experiment.parse_arg(arg, DEFAULTS)
   c = experiment.base_config()
   # standard: the published g014b2b split, which has no stress digits.
-  c.data.name = "cmudict_g2p/" + ("standard" if args["standard"] else
+  c.data.name = "cmudict_g2p/" + ("standard" if args["standard"] or args["distilled"] else
                                   "stress" if args["stress"] else "no_stress")
+  if args["distilled"]:  # its own data dir: the standard split prepared elsewhere is the real one
+    c.data.update(manual_dir=args["distilled"], data_dir=os.path.join(args["distilled"], "data"))
   c.model.update(dict(
       attention=args["attention"], score=args["score"], cell=args["cell"], bidirectional=True,
       src_embed_dim=64, tgt_embed_dim=64, hidden_dim=128, dropout_rate=0.1, max_len=48))
@@ -126,6 +133,19 @@ def standard(add):
   """Our RNN on the published split (`cmudict_g2p/standard`): the converged sweep's wide
   model trained until dev WER stops improving, its best dev step also beam-decoded (k=4)."""
   add(**STANDARD)
+
+
+# Where `launch.distill_g2p` writes the teacher's split for `standard_distilled` (README of
+# experiments/results/g2p_standard: the teacher is the four-member ensemble chosen on dev).
+DISTILLED = "runs/g2p_standard_distilled/ens4"
+
+
+def standard_distilled(add):
+  """Sequence-level knowledge distillation (Kim & Rush 2016): the moving-average run
+  trained to the cap (`standard_levers`' best single model) with every train word's
+  pronunciation replaced by the teacher ensemble's beam output; dev and test unchanged."""
+  add(**{**STANDARD, "optim.ema_decay": 0.999, "train.early_stop_patience": 0},
+      distilled=DISTILLED)
 
 
 def search_space(trial):

@@ -29,9 +29,10 @@ WHICH instead, and DIR@A+B+C the mean of those checkpoints' parameters (checkpoi
 averaging: alone, one model; `a@30000+30500+31000 b@best` pools an averaged run with
 another). Two checkpoints or more in all, or one re-decoded (below). A run that is a
 member more than once counts its training time once.
---decode, --beam-size and --beam-alpha decode every evaluator in --evals that way instead
-of as its config says (greedy dev evaluators by beam search, or another beam width or
-length penalty): a search over decoding on dev, for one checkpoint as well as for several.
+--decode, --beam-size, --beam-alpha and --split decode every evaluator in --evals that way
+instead of as its config says (greedy dev evaluators by beam search, another beam width or
+length penalty, another split): a search over decoding on dev, or a teacher's outputs on
+train (`launch.distill_g2p`), for one checkpoint as well as for several.
 
 The workdir gets `config.json` (the first member's, with `ensemble`: the members, their
 models' names, checkpoints and steps, --combine and any decoding changes), `log.txt` and
@@ -40,8 +41,8 @@ evaluator's, `wall_time_s` the members' training wall time summed plus this eval
 (what the row cost), and `cpu_time_s` the same in CPU time where every member recorded it.
 It is registered as a trial of its parent dir (the decoding changes among its overrides), so `launch.report` tables ensembles together. Exit 2 with one line
 for members whose task or data configs differ (naming the key), a member without that
-checkpoint, an unknown evaluator, a beam setting for an evaluator that decodes greedily, or
-a workdir that already holds a result.
+checkpoint, an unknown evaluator or split, a beam setting for an evaluator that decodes
+greedily, or a workdir that already holds a result.
 """
 from __future__ import annotations
 
@@ -95,13 +96,16 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--beam-size", type=int, help="beams, for every beam evaluator in --evals")
   p.add_argument("--beam-alpha", type=float,
                  help="GNMT length penalty, for every beam evaluator in --evals (0: none)")
+  p.add_argument("--split", help="decode every evaluator in --evals on this split instead "
+                                 "(train: a teacher's outputs for launch.distill_g2p)")
   return p
 
 
 def decoding(args) -> dict:
-  """The evaluator keys that --decode, --beam-size and --beam-alpha change."""
+  """The evaluator keys that --decode, --beam-size, --beam-alpha and --split change."""
   changes = {k: v for k, v in (("decode", args.decode), ("beam_size", args.beam_size),
-                               ("beam_alpha", args.beam_alpha)) if v is not None}
+                               ("beam_alpha", args.beam_alpha), ("split", args.split))
+             if v is not None}
   if changes.get("beam_size", 1) < 1:
     raise EnsembleError(f"--beam-size must be at least 1, got {args.beam_size}")
   if not 0 <= changes.get("beam_alpha", 0) < float("inf"):
@@ -110,7 +114,14 @@ def decoding(args) -> dict:
 
 
 def _check_decoding(config, names: list[str], changes: dict) -> None:
-  """Beam settings only where the evaluator (after --decode) searches a beam."""
+  """A split of the members' data set; beam settings only where the evaluator (after
+  --decode) searches a beam."""
+  if "split" in changes:
+    spec = data.registry.DATASETS[data.registry.parse_name(config.data.name)[0]]
+    known = [ours for ours, _ in spec.split_names]
+    if changes["split"] not in known:
+      raise EnsembleError(f"--split={changes['split']!r} is not a split of "
+                          f"{config.data.name}; known: {', '.join(known)}")
   beam = {"beam_size", "beam_alpha"} & set(changes)
   for name in names:
     decode = changes.get("decode", config.evals[name].decode)
@@ -234,7 +245,7 @@ def check(args) -> tuple:
   count = sum(len(w.split("+")) for w in whiches)
   if count < 2 and not changes:  # one checkpoint as it was decoded: its own run's scores
     raise EnsembleError(f"--members needs two checkpoints or more (runs, or DIR@A+B), or "
-                        f"one with --decode, --beam-size or --beam-alpha; got {count}")
+                        f"one with --decode, --beam-size, --beam-alpha or --split; got {count}")
   configs = load_members(dirs, args.combine)
   config = configs[0]
   names = [n for n in args.evals.split(",") if n] or list(config.evals)

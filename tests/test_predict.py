@@ -451,10 +451,22 @@ def test_one_run_redecoded_by_beam_search(data_dir, rnn, tmp_path, monkeypatch, 
       "decode": "beam", "beam_size": 1, "beam_alpha": 0.0}
   overrides = json.loads((root / "sweep.json").read_text())["trials"]["k1"]["overrides"]
   assert overrides["beam_size"] == 1 and overrides["checkpoint"] == "6"
+  # --split: the dev evaluator's sample drawn from train (a teacher's outputs to distil).
+  assert _ensemble(data_dir, monkeypatch, "--members", f"{rnn}@6", "--split=train",
+                   "--evals=dev", f"--workdir={root / 'train'}") == 0
+  records = [json.loads(line) for line in (root / "train" / "predictions_dev.jsonl").open()]
+  train = {r["inputs"] for r in task.dataset.texts("train")}
+  assert len(records) == 16 and {r["source"] for r in records} <= train
+  batch = predict_io.make_batch(task.dataset, [r["source"] for r in records])
+  on_train = ml_collections.ConfigDict(dict(config.evals.dev, split="train"))
+  ids, _ = _numpy_greedy(task, params, batch, evaluators.decode_budget(task, on_train))
+  assert [r["prediction"] for r in records] == [task.text(row) for row in ids]
   cases = [(["--beam-size=3"], "--beam-size set a beam search, but evals.dev decodes "
                                "'greedy': add --decode=beam or leave dev out of --evals"),
            (["--decode=beam", "--beam-size=0"], "--beam-size must be at least 1, got 0"),
-           (["--decode=beam", "--beam-alpha=-1"], "--beam-alpha must be a number at least 0")]
+           (["--decode=beam", "--beam-alpha=-1"], "--beam-alpha must be a number at least 0"),
+           (["--split=valid"], "--split='valid' is not a split of algorithmic/copy; known: "
+                               "train, dev, test")]
   for args, message in cases:
     assert _ensemble(data_dir, monkeypatch, "--members", f"{rnn}@6", *args, "--evals=dev",
                      f"--workdir={root / 'bad'}") == 2
@@ -490,7 +502,7 @@ def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, r
   out = tmp_path / "ens" / "E"
   cases = [([f"--members={rnn},{other}"], rf"{other} differs from {rnn} in data.name"),
            ([f"--members={rnn}"], "needs two checkpoints or more (runs, or DIR@A+B), or one "
-                                  "with --decode, --beam-size or --beam-alpha; got 1"),
+                                  "with --decode, --beam-size, --beam-alpha or --split; got 1"),
            ([f"--members={rnn},{rnn}"], "kept no best checkpoint"),  # --checkpoint=best
            ([f"--members={rnn},{rnn}", "--evals=dev,tset"], "tset not among the members'"),
            ([f"--members={rnn}@6,{rnn}@5"], "--checkpoint=5 is not latest, best or a saved"),

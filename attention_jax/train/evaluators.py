@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 from jax.experimental import multihost_utils
@@ -19,6 +20,10 @@ from attention_jax.data import paths
 from attention_jax.evaluate import metrics as metrics_lib
 from attention_jax.train import partition
 from attention_jax.viz import heatmaps
+
+# A line this often while one evaluation runs (a whole test split, a teacher decoding
+# train): how far it is. A shorter evaluation prints none.
+PROGRESS_EVERY_S = 60.0
 
 
 def sample_indices(size: int, examples: int, seed: int) -> np.ndarray | None:
@@ -44,9 +49,13 @@ class Evaluator:
     every = self.cfg.every
     return bool(every) and not self.cfg.use_best and (step % every == 0 or step == last)
 
-  def describe(self) -> str:
+  def _count(self) -> tuple[int, int]:
+    """(examples this evaluator reads, the split's size)."""
     size = self.task.num_examples(self.cfg.split)
-    n = size if self.indices is None else len(self.indices)
+    return (size if self.indices is None else len(self.indices)), size
+
+  def describe(self) -> str:
+    n, size = self._count()
     what = f"{n} of {size} ({'all' if self.indices is None else f'seed {self.cfg.sample_seed}'})"
     decoding = f", {self.cfg.decode} up to {self.max_len} tokens" if self.decodes else ""
     return f"eval {self.name}: {self.cfg.split}, {what}{decoding}"
@@ -56,8 +65,15 @@ class Evaluator:
     sums, predictions, examples, first = None, [], [], None
     scored = bool(self.cfg.metrics) or self.cfg.predictions
     batches = self.task.batches(self.cfg.split, batch_size=self.batch_size, indices=self.indices)
+    start = last_line = time.perf_counter()
+    done = 0
     for i, batch in enumerate(batches):
       first = batch if first is None else first
+      if time.perf_counter() - last_line >= PROGRESS_EVERY_S:
+        last_line = time.perf_counter()
+        self.out.progress.write(f"  eval {self.name}: {done} of {self._count()[0]} examples, "
+                                f"{last_line - start:.0f} s")
+      done += int(np.sum(np.asarray(batch["index"]) >= 0))
       with partition.activate(self.mesh):
         sharded = partition.shard_batch(batch, self.mesh)
         out = self.eval_step(params, sharded)  # stays on the device until the end

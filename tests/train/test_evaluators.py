@@ -84,6 +84,22 @@ def test_evaluator_decodes_exactly_its_sample_and_past_the_references(copy_data,
   assert scores["sequence_accuracy"] == pytest.approx(accuracy)
 
 
+def test_a_long_evaluation_says_how_far_it_is(copy_data, tmp_path, monkeypatch):
+  """A progress line each PROGRESS_EVERY_S: the examples done before each batch, of the
+  sample; none while an evaluation is shorter than that."""
+  cfg = experiment.evaluator(examples=150, heatmaps=0, show=0, metrics="sequence_accuracy")
+  task = _rnn_task(copy_data)
+  ev, state = _evaluator(task, cfg, tmp_path)
+  ev.run(state.params, 0)
+  assert not [line for line in ev.out.lines if "examples," in line]
+  monkeypatch.setattr(evaluators, "PROGRESS_EVERY_S", 0.0)
+  ev.run(state.params, 0)
+  done = [int(line.split()[2]) for line in ev.out.lines if "of 150 examples," in line]
+  sizes = [int(np.sum(b["index"] >= 0))
+           for b in task.batches("dev", batch_size=32, indices=ev.indices)]
+  assert len(sizes) > 2 and done == np.cumsum([0] + sizes[:-1]).tolist()
+
+
 def test_a_decode_longer_than_the_positional_table_is_refused(copy_data):
   config = experiment.load("experiments/g2p_transformer.py").get_config("smoke=True")
   config.model.max_len = 16
