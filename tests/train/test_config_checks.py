@@ -110,7 +110,8 @@ def test_unknown_experiment_argument_suggests_the_close_one():
     experiment.config_from_spec(f"{G2P}:smok=True")
   assert str(error.value) == (f"--config={G2P}:smok=True: unknown config argument 'smok'; "
                               "did you mean 'smoke'? known: attention, score, cell, stress, "
-                              "standard, steps, test, beam, smoke, layers, estimator, credit, xu")
+                              "standard, steps, test, beam, smoke, layers, estimator, credit, xu, "
+                              "distilled")
 
 
 @pytest.mark.parametrize("dotted,message", [
