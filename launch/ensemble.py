@@ -39,10 +39,11 @@ models' names, checkpoints and steps, --combine and any decoding changes), `log.
 `result.json` like a training run's: one entry per evaluator, `final` and `best` the first
 evaluator's, `wall_time_s` the members' training wall time summed plus this evaluation's
 (what the row cost), and `cpu_time_s` the same in CPU time where every member recorded it.
-It is registered as a trial of its parent dir (the decoding changes among its overrides), so `launch.report` tables ensembles together. Exit 2 with one line
-for members whose task or data configs differ (naming the key), a member without that
-checkpoint, an unknown evaluator or split, a beam setting for an evaluator that decodes
-greedily, or a workdir that already holds a result.
+It is registered as a trial of its parent dir (the decoding changes among its overrides),
+so `launch.report` tables ensembles together. Exit 2 with one line for members whose task
+or data configs differ (naming the key), a member without that checkpoint, an unknown
+evaluator or split, a beam setting for an evaluator that decodes greedily, or a workdir
+that already holds a result.
 """
 from __future__ import annotations
 
