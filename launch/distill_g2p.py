@@ -125,6 +125,8 @@ def write(args, dev_words: int | None = None) -> dict:
                                                         standard.REF_FILE)):
     raise DistillError(f"{out} already holds a g014b2b split; use another --out")
   predictions = predictions_file(args.teacher, args.evaluator)
+  if args.source and not os.path.exists(os.path.join(args.source, standard.TRAIN_FILE)):
+    raise DistillError(f"--source={args.source} holds no {standard.TRAIN_FILE}")
   train_path, ref_path, origin = standard.source_files(args.source)
   train, test = standard.read_lexicon(train_path), standard.read_lexicon(ref_path)
   lexicon, counts, dev_sha = distil(train, test, teacher_outputs(predictions),

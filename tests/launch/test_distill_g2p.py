@@ -127,7 +127,9 @@ def test_refusals_name_the_problem_and_write_nothing(source, tmp_path, capsys):
       ([f"--teacher={teacher}", f"--out={tmp_path / 'new'}"],
        f"{teacher} holds 2 predictions_*.jsonl files; name one with --evaluator"),
       ([f"--teacher={teacher}", "--evaluator=test_beam", f"--out={out}"],
-       f"{out} already holds a g014b2b split; use another --out")):
+       f"{out} already holds a g014b2b split; use another --out"),
+      ([f"--teacher={teacher}", "--evaluator=test_beam", f"--out={tmp_path / 'new'}",
+        f"--source={tmp_path}"], f"--source={tmp_path} holds no g014b2b.train")):
     assert distill_g2p.main(argv) == 2
     assert capsys.readouterr().err == f"launch.distill_g2p: {message}\n"
   assert (out / "g014b2b.train").read_text() == "KEPT\tK EH P T\n"
