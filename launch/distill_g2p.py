@@ -135,10 +135,11 @@ def write(args, dev_words: int | None = None) -> dict:
   text = "".join(f"{w.upper()}\t" + "\t".join(p) + "\n" for w, p in lexicon.items())
   paths.atomic_write_bytes(os.path.join(out, standard.TRAIN_FILE), text.encode())
   shutil.copyfile(ref_path, os.path.join(out, standard.REF_FILE))
-  record = {"teacher": os.path.abspath(args.teacher), "predictions": predictions,
+  record = {"teacher": os.path.abspath(args.teacher),
+            "predictions": os.path.abspath(predictions),
             "keep_references": args.keep_references, "source": origin,
-            "source_sha256": {os.path.basename(p): file_sha256(p) for p in (train_path,
-                                                                            ref_path)},
+            "source_sha256": {os.path.basename(p): file_sha256(p)
+                              for p in (train_path, ref_path)},
             "dev_words_sha256": dev_sha, **counts}
   paths.atomic_write_bytes(os.path.join(out, "distill.json"),
                            json.dumps(record, indent=1).encode())
