@@ -122,7 +122,7 @@ def test_unwritable_workdir_is_an_error(data_dir, tmp_path):
      "error: --config.train.stepz: no such config key; did you mean --config.train.steps?"),
     (f"{G2P}:smok=True", "--config.seed=1", f"error: --config={G2P}:smok=True: unknown config "
      "argument 'smok'; did you mean 'smoke'? known: attention, score, cell, stress, standard, "
-     "steps, test, beam, smoke, layers, estimator, credit, xu"),
+     "steps, test, beam, smoke, layers, estimator, credit, xu, distilled"),
     ("experiments/nosuch.py", "--config.seed=1", "error: no experiment file at "
      "'experiments/nosuch.py'"),
     (f"{G2P}:smoke=True", "--config.train.steps=abc", "error: flag --config.train.steps=abc: "
