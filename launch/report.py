@@ -142,6 +142,19 @@ def best_index(groups: list[dict], metric: str) -> int | None:
   return min(scored, key=lambda s: sign * s[1])[0]
 
 
+def chosen_index(root: str, groups: list[dict], keys: list[str], metric: str,
+                 best_by: str) -> int | None:
+  """The row of `groups` whose configuration is best by `metric` in the runs' `best_by`
+  scores (dev, say, while the table shows test: select on one split, report another);
+  None when that configuration has no row here."""
+  by_groups = group(collect(root, best_by)[1], keys)
+  by = best_index(by_groups, metric)
+  if by is None:
+    raise ValueError(f"--best-by={best_by!r}: no finished trial has {metric} in its "
+                     f"{best_by!r} scores")
+  return next((i for i, g in enumerate(groups) if g["config"] == by_groups[by]["config"]), None)
+
+
 def provenance_warnings(root: str, names: list[str]) -> list[str]:
   """Where the finished runs `names` of one table disagree on library versions, platform,
   device kind or data (their result.json's provenance)."""
@@ -160,11 +173,17 @@ def warning_lines(warnings: list[str]) -> list[str]:
 
 def markdown(manifest: dict, groups: list[dict], keys: list[str], metrics: list[str],
              metric: str, which: str, references: list[dict] | None,
-             failed: list[str], warnings: list[str] = ()) -> str:
+             failed: list[str], warnings: list[str] = (), best_by: str | None = None,
+             best: int | None = None) -> str:
+  """The table; the row `best` marked, chosen by `best_by`'s scores (default: the best
+  `metric` of the table's own)."""
   unit = lambda m: f"{m} (%)" if m in PERCENT else m
-  best = best_index(groups, metric)
+  if best_by is None:
+    best = best_index(groups, metric)
+  marked = (f"best {metric} marked" if best_by is None
+            else f"marked: the row best by {best_by} {metric}")
   lines = [f"Sweep `{manifest['config']}` `--sweep={manifest['sweep']}`: {which} eval metrics, "
-           f"mean ± std over n seeds; best {metric} marked.", ""]
+           f"mean ± std over n seeds; {marked}.", ""]
   header = ["", *keys, *map(unit, metrics), "n", "steps run", "time (s)", "CPU (s)"]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for i, g in enumerate(groups):
@@ -178,8 +197,8 @@ def markdown(manifest: dict, groups: list[dict], keys: list[str], metrics: list[
               "|---|---|---|---|---|---|"]
     for ref in references:
       m = ref["metric"]
-      ours = _fmt(m, groups[best_index(groups, m)]["stats"][m]) if best_index(
-          groups, m) is not None else "n/a"
+      row = best_index(groups, m) if best_by is None else best  # the marked row's
+      ours = _fmt(m, groups[row]["stats"].get(m)) if row is not None else "n/a"
       lines.append(f"| {ref['source']} | {ref.get('where', '')} | {unit(m)} | {ref['value']} | "
                    f"{ours} | {ref.get('note', '')} |")
   if references is None:
@@ -296,8 +315,9 @@ def learning_curves(out: str, groups: list[dict], metric: str, rows: list[dict],
 
 
 def report(root: str, metric: str | None = None, which: str = "final",
-           out: str | None = None) -> dict:
-  """Writes the report files; returns their paths and the markdown."""
+           out: str | None = None, best_by: str | None = None) -> dict:
+  """Writes the report files; returns their paths and the markdown. The row marked best
+  is the best by `metric` in the `best_by` scores (default: the `which` scores shown)."""
   path = os.path.join(root, manifest_lib.FILENAME)
   if os.path.exists(path) and _load_json(path).get("search"):
     from launch import search_report  # pylint: disable=g-import-not-at-top  # imports this module
@@ -315,12 +335,15 @@ def report(root: str, metric: str | None = None, which: str = "final",
   references = recorded_references(manifest)
   failed = [f"{n} ({r.get('status')}, exit {r.get('exit_code')})"
             for n, r in sorted(manifest["trials"].items()) if r.get("status") != "done"]
+  best_by = None if best_by == which else best_by
+  best = (best_index(groups, metric) if best_by is None
+          else chosen_index(root, groups, keys, metric, best_by))
   out = out or os.path.join(root, "report")
   os.makedirs(out, exist_ok=True)
   warnings = provenance_warnings(root, [r["name"] for r in rows])
-  text = markdown(manifest, groups, keys, metrics, metric, which, references, failed, warnings)
+  text = markdown(manifest, groups, keys, metrics, metric, which, references, failed, warnings,
+                  best_by, best)
   paths.atomic_write_bytes(os.path.join(out, "results.md"), text.encode())
-  best = best_index(groups, metric)
   header = keys + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["n", "best"]
   write_csv(os.path.join(out, "results.csv"), header, [
       [g["config"][k] for k in keys]
@@ -340,10 +363,12 @@ def main(argv=None) -> int:
   p.add_argument("--which", default="final",
                  help="final eval, the eval step best by the runs' best_by metric, or an "
                       "end evaluator's scores at that step: test, dev_beam, test_beam")
+  p.add_argument("--best-by", help="mark the row best by --metric in these scores instead "
+                                   "(dev or dev_beam: select on dev, show --which=test)")
   p.add_argument("--out", help="output directory (default <root>/report)")
   args = p.parse_args(argv)
   try:
-    done = report(args.root, args.metric, args.which, args.out)
+    done = report(args.root, args.metric, args.which, args.out, args.best_by)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

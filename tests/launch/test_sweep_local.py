@@ -137,6 +137,33 @@ def test_report_means_and_stds_over_seeds(tmp_path):
   assert [os.path.basename(p) for p in test["figures"]] == ["learning_curves.png"]
 
 
+def test_best_by_marks_the_row_chosen_on_dev_in_a_table_of_test(tmp_path):
+  """Select on dev, report test: --best-by=dev marks the configuration best on dev (and
+  its value stands beside the published one) though another is better on test."""
+  root = tmp_path / "r"
+  trials = {}
+  for name, dev, test in (("a", 0.20, 0.26), ("b", 0.22, 0.24)):
+    os.makedirs(root / name)
+    (root / name / "result.json").write_text(json.dumps(
+        {"final": {"wer": dev}, "dev": {"wer": dev}, "test": {"wer": test}, "best_by": "wer",
+         "step": 10, "wall_time_s": 1.0}))
+    trials[name] = {"status": "done", "overrides": {"attention": name}}
+  recorded = {"references": [dict(source="Paper", where="Table 2", metric="wer", value=23.5)]}
+  (root / "sweep.json").write_text(json.dumps({"config": "exp.py", "sweep": "s",
+                                               "experiment": recorded, "trials": trials}))
+  by_test = report.report(str(root), which="test")["markdown"]
+  assert "| **best** | b | 24.00 |" in by_test and "| 23.5 | 24.00 |" in by_test
+  chosen = report.report(str(root), which="test", best_by="dev")["markdown"]
+  assert "marked: the row best by dev wer." in chosen
+  assert "| **best** | a | 26.00 |" in chosen and "|  | b | 24.00 |" in chosen
+  assert "| 23.5 | 26.00 |" in chosen
+  assert (root / "report" / "results.csv").read_text().splitlines()[1:] == [
+      "a,0.26,0.0,1,1", "b,0.24,0.0,1,0"]
+  assert report.main([f"--root={root}", "--which=test", "--best-by=dve",
+                      f"--out={tmp_path / 'x'}"]) == 2
+  assert not (tmp_path / "x").exists()
+
+
 def test_interrupted_trial_resumes_from_its_checkpoint(data_dir, tmp_path):
   root = tmp_path / "sweep"
   trial = root / "evals.dev.every=30,train.checkpoint_every=5,train.steps=60"
