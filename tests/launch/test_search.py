@@ -140,14 +140,15 @@ def test_slurm_search_with_wait_reports_and_prunes(tmp_path, shared_data_dir):
   study = search.open_study(str(root), "minimize")
   for params in PARAMS[:2]:
     study.enqueue_trial(params)
+  # Started with SIGINT ignored, as `&` in a script does (and as this test, now and then,
+  # found its worker): the cancel of a pruned local job must still stop it. The shell
+  # ignores it and execs the sweep (a preexec_fn would run Python in a fork of this
+  # multithreaded process).
   proc = subprocess.run(
-      [sys.executable, "-m", "launch.sweep", f"--config={SPEC}",
-       f"--root={root}", "--search=optuna", "--trials=2", "--pruner=median:n_startup_trials=1",
-       "--backend=slurm", "--cluster=local", "--wait"],
-      cwd=ROOT, env=_env(shared_data_dir), text=True, capture_output=True, timeout=600,
-      # Started with SIGINT ignored, as `&` in a script does (and as this test, now and then,
-      # found its worker): the cancel of a pruned local job must still stop it.
-      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+      ["sh", "-c", 'trap "" INT; exec "$@"', "sh", sys.executable, "-m", "launch.sweep",
+       f"--config={SPEC}", f"--root={root}", "--search=optuna", "--trials=2",
+       "--pruner=median:n_startup_trials=1", "--backend=slurm", "--cluster=local", "--wait"],
+      cwd=ROOT, env=_env(shared_data_dir), text=True, capture_output=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   log = (root / "trial-0001" / "log.txt").read_text()[-3000:]
   assert "submit trial-0000: job" in proc.stdout and "pruned trial-0001" in proc.stdout, (
