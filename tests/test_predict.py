@@ -429,11 +429,13 @@ def test_checkpoint_averaging(data_dir, rnn, tmp_path, monkeypatch):
   assert manifest["params"]["overrides"]["checkpoint"] == "3,6"
 
 
-def test_one_run_redecoded_by_beam_search(data_dir, rnn, tmp_path, monkeypatch, capsys):
+def test_one_run_redecoded_by_beam_search_and_on_train(data_dir, rnn, tmp_path, monkeypatch,
+                                                       capsys):
   """--decode=beam on one checkpoint: a beam of one is greedy search, so it predicts what a
-  NumPy greedy loop does and scores as the run's own greedy dev evaluator at that step.
-  The decoding changes go into config.json and the sweep's overrides; beam settings for a
-  greedy evaluator, or out of range, are refused before anything is written."""
+  NumPy greedy loop does and scores as the run's own greedy dev evaluator at that step;
+  --split=train decodes train records as that loop does. The decoding changes go into
+  config.json and the sweep's overrides; beam settings for a greedy evaluator, values out
+  of range and an unknown split are refused before anything is written."""
   root = tmp_path / "redecode"
   assert _ensemble(data_dir, monkeypatch, "--members", f"{rnn}@6", "--decode=beam",
                    "--beam-size=1", "--beam-alpha=0", "--evals=dev",
