@@ -118,8 +118,7 @@ def _check_decoding(config, names: list[str], changes: dict) -> None:
   """A split of the members' data set; beam settings only where the evaluator (after
   --decode) searches a beam."""
   if "split" in changes:
-    spec = data.registry.DATASETS[data.registry.parse_name(config.data.name)[0]]
-    known = [ours for ours, _ in spec.split_names]
+    known = data.registry.DATASETS[data.registry.parse_name(config.data.name)[0]].splits
     if changes["split"] not in known:
       raise EnsembleError(f"--split={changes['split']!r} is not a split of "
                           f"{config.data.name}; known: {', '.join(known)}")

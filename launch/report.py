@@ -173,13 +173,11 @@ def warning_lines(warnings: list[str]) -> list[str]:
 
 def markdown(manifest: dict, groups: list[dict], keys: list[str], metrics: list[str],
              metric: str, which: str, references: list[dict] | None,
-             failed: list[str], warnings: list[str] = (), best_by: str | None = None,
-             best: int | None = None) -> str:
-  """The table; the row `best` marked, chosen by `best_by`'s scores (default: the best
-  `metric` of the table's own)."""
+             failed: list[str], warnings: list[str], best: int | None,
+             best_by: str | None) -> str:
+  """The table with the row `best` marked: best by `metric` in the table's own scores, or
+  in `best_by`'s when given."""
   unit = lambda m: f"{m} (%)" if m in PERCENT else m
-  if best_by is None:
-    best = best_index(groups, metric)
   marked = (f"best {metric} marked" if best_by is None
             else f"marked: the row best by {best_by} {metric}")
   lines = [f"Sweep `{manifest['config']}` `--sweep={manifest['sweep']}`: {which} eval metrics, "
@@ -342,7 +340,7 @@ def report(root: str, metric: str | None = None, which: str = "final",
   os.makedirs(out, exist_ok=True)
   warnings = provenance_warnings(root, [r["name"] for r in rows])
   text = markdown(manifest, groups, keys, metrics, metric, which, references, failed, warnings,
-                  best_by, best)
+                  best, best_by)
   paths.atomic_write_bytes(os.path.join(out, "results.md"), text.encode())
   header = keys + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["n", "best"]
   write_csv(os.path.join(out, "results.csv"), header, [

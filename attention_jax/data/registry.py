@@ -65,6 +65,11 @@ class Spec:
   featurize: Any = None             # features: a file's path -> its frames (predict's inputs);
                                     # image: (path, height) -> uint8 [height, width]
 
+  @property
+  def splits(self) -> list[str]:
+    """Our split names, known without building the data set."""
+    return [ours for ours, _ in self.split_names]
+
 
 DATASETS = {
     "cmudict_g2p": Spec(CmudictG2p, "cmudict_g2p", ("stress", "no_stress", "standard")),

@@ -34,9 +34,8 @@ def check_config(config) -> None:
     _check_mesh(config)
     optim.make_optimizer(config.optim, config.train.steps)
     jax.eval_shape(lambda: task.init(jax.random.key(0), task.example_batch(2)))
-    splits = [ours for ours, _ in data.registry.DATASETS[base].split_names]
     for name, cfg in config.evals.items():
-      evaluators.check(name, cfg, task, splits)
+      evaluators.check(name, cfg, task, data.registry.DATASETS[base].splits)
   except ConfigError:
     raise
   except (ValueError, TypeError, ArithmeticError) as e:
