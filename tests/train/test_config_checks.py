@@ -1,5 +1,6 @@
 """Whole-config checks before any write: value ranges, experiment files, override names."""
 import glob
+import inspect
 import math
 import os
 
@@ -20,8 +21,22 @@ def test_every_shipped_config_and_sweep_trial_is_in_range(path):
   configs = [module.get_config(), module.get_config("smoke=True")]
   for config in configs:  # the whole check that needs no data
     validate.check_config(config)
-  for trial in trials_lib.expand(path, "sweep", 0):
-    validate.check_ranges(trial.config)
+  for name in sweep_names(module):
+    for trial in trials_lib.expand(path, name, 0):
+      validate.check_ranges(trial.config)
+
+
+def sweep_names(module):
+  """The module's sweeps: its own functions of one argument, `add`."""
+  return [name for name, fn in vars(module).items()
+          if inspect.isfunction(fn) and fn.__module__ == module.__name__
+          and list(inspect.signature(fn).parameters) == ["add"]]
+
+
+def test_sweep_names_finds_every_g2p_sweep():
+  names = sweep_names(experiment.load(G2P))
+  assert {"sweep", "small", "standard", "standard_levers", "standard_cosine"} <= set(names)
+  assert "get_config" not in names and "search_space" not in names
 
 
 @pytest.mark.parametrize("key,value,allowed", [
