@@ -226,13 +226,16 @@ def plot_label(overrides: dict, varying: list[str]) -> str:
   return ",".join(f"{k}={overrides[k]}" for k in varying if k in overrides) or "defaults"
 
 
+def _axis_label(metric: str) -> str:
+  return f"{metric} (%)" if _scale(metric) == 100.0 else metric
+
+
 def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list[dict]) -> list[str]:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   written = []
   s = _scale(metric)
-  ylabel = f"{metric} (%)" if s == 100.0 else metric
   varying = differing(groups, keys)
   for key in varying:
     points = [g for g in groups if g["config"][key] != "-" and metric in g["stats"]]
@@ -245,7 +248,7 @@ def plots(out: str, groups: list[dict], keys: list[str], metric: str, rows: list
     stds = [g["stats"][metric][1] * s for g in points]
     ax.errorbar(range(len(points)), means, yerr=stds, fmt="o", capsize=4)
     ax.set_xticks(range(len(points)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(_axis_label(metric))
     ax.set_title(f"{metric} by {key}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -284,7 +287,6 @@ def learning_curves(out: str, groups: list[dict], metric: str, rows: list[dict],
     if os.path.exists(path):  # an earlier report's, of rows that are not these
       os.remove(path)
     return None
-  ylabel = f"{metric} (%)" if _scale(metric) == 100.0 else metric
   fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4 + 0.15 * len(groups)),
                                            layout="constrained")
   colors: dict[str, str] = {}  # one colour per configuration; its seeds share it
@@ -298,7 +300,7 @@ def learning_curves(out: str, groups: list[dict], metric: str, rows: list[dict],
     if evals:
       ax_metric.plot(*zip(*evals), marker="o", ms=3, **style)
   ax_loss.set(xlabel="step", ylabel="train loss", yscale="log")
-  ax_metric.set(xlabel="step", ylabel=f"eval {ylabel}")
+  ax_metric.set(xlabel="step", ylabel=f"eval {_axis_label(metric)}")
   for ax in (ax_loss, ax_metric):
     ax.grid(alpha=0.3)
   # The panel that labelled more curves: a run may have train records but no eval yet.
