@@ -118,7 +118,7 @@ def run_provenance(dataset, peer) -> dict:
   return {"versions": {**provenance.versions(), peer.distribution: peer.version()},
           "platform": "cpu", "device_kind": "cpu", "device_count": 1, "process_count": 1,
           "git": provenance.git_state(),
-          "data": {"name": dataset.name, "sha256": provenance.data_hash(dataset)}}
+          "data": provenance.data_record(dataset)}
 
 
 def make_result(args, peer, dataset, order: int, splits: dict) -> dict:

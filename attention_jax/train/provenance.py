@@ -1,5 +1,5 @@
 """What produced a run: library versions, platform and devices, XLA flags, the git commit
-(and whether the tree had uncommitted changes), and a hash of the data set's split files.
+(and whether the tree had uncommitted changes), and a hash of the data set's records.
 
 Written into `config.json` (the first attempt, under `_provenance`) and `result.json` (the
 attempt that finished, under `provenance`); `launch.report` warns when the rows of one
@@ -44,8 +44,11 @@ def git_state() -> dict[str, object]:
 
 
 def data_hash(dataset) -> str | None:
-  """sha256 over every split's record files (names and bytes, in split then shard order);
-  None for a data set without files (one generated in memory)."""
+  """sha256 over every split's records (split and shard names, then each record in file
+  order); None for a data set without files (one generated in memory). A record counts by
+  its content: TFDS serialises an example's features in no fixed order, so the same data
+  prepared twice differs in its bytes (checked: the standard CMUdict split's files differ
+  between two builds, their decoded examples do not)."""
   builder = getattr(dataset, "builder", None)
   if builder is None:
     return None
@@ -53,10 +56,28 @@ def data_hash(dataset) -> str | None:
   for split_name, split in sorted(builder.info.splits.items()):
     for path in split.filepaths:
       digest.update(f"{split_name}/{os.path.basename(os.fspath(path))}\0".encode())
-      with open(os.fspath(path), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-          digest.update(block)
+      for record in _canonical_records(os.fspath(path)):
+        digest.update(hashlib.sha256(record).digest())
   return digest.hexdigest()
+
+
+def _canonical_records(path: str, block: int = 4096):
+  """An array_record file's examples re-serialised with their features in key order."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  reader = array_record_module.ArrayRecordReader(path)
+  try:
+    total = reader.num_records()
+    for start in range(0, total, block):
+      for record in reader.read(start, min(total, start + block)):
+        yield tf_example_pb2.Example.FromString(record).SerializeToString(deterministic=True)
+  finally:
+    reader.close()
+
+
+def data_record(dataset) -> dict:
+  """The `data` entry of a run's provenance: the data set's name and its records' hash."""
+  return {"name": getattr(dataset, "name", None), "records_sha256": data_hash(dataset)}
 
 
 def collect(dataset) -> dict:
@@ -66,8 +87,7 @@ def collect(dataset) -> dict:
   return {"versions": versions(), "platform": jax.default_backend(),
           "device_kind": devices[0].device_kind, "device_count": len(devices),
           "process_count": jax.process_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "git": git_state(), "data": {"name": getattr(dataset, "name", None),
-                                       "sha256": data_hash(dataset)}}
+          "git": git_state(), "data": data_record(dataset)}
 
 
 def set_deterministic() -> None:
@@ -79,8 +99,12 @@ def set_deterministic() -> None:
 def _fields(p: dict) -> dict[str, object]:
   """The values rows of one table should share, by label."""
   out = {f"{name} version": v for name, v in (p.get("versions") or {}).items()}
-  out.update({"platform": p.get("platform"), "device kind": p.get("device_kind"),
-              "data hash": (p.get("data") or {}).get("sha256")})
+  out.update({"platform": p.get("platform"), "device kind": p.get("device_kind")})
+  # Runs before 2026-12-05 hashed the files' bytes ("sha256"), which differ between two
+  # preparations of the same data: only the records' hash compares.
+  records = (p.get("data") or {}).get("records_sha256")
+  if records:
+    out["data hash"] = records
   return out
 
 

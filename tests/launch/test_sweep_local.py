@@ -237,7 +237,7 @@ def test_report_warns_when_rows_come_from_different_setups(tmp_path, capsys):
     name = f"score=s{i}"
     os.makedirs(root / name)
     provenance = {"versions": {"jax": jax_version}, "platform": "cpu", "device_kind": "cpu",
-                  "data": {"name": "cmudict_g2p/stress", "sha256": data_hash}}
+                  "data": {"name": "cmudict_g2p/stress", "records_sha256": data_hash}}
     (root / name / "result.json").write_text(json.dumps(
         {"final": {"wer": 0.3}, "best_by": "wer", "step": 10, "wall_time_s": 1.0,
          "provenance": provenance}))

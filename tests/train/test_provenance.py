@@ -17,41 +17,83 @@ G2P = os.path.join(ROOT, "experiments", "g2p_attention.py")
 pytestmark = pytest.mark.xdist_group("test_provenance")  # one worker: `run` is run once
 
 
+def _example(features: list[tuple[str, bytes]]) -> bytes:
+  """A serialised tf.train.Example with its features on the wire in the given order.
+  Protobuf merges concatenated messages, so one-feature Examples joined are one Example;
+  upb orders a map by a hash that varies between processes, which is how two TFDS builds
+  of the same data differ in their bytes."""
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  parts = []
+  for key, value in features:
+    example = tf_example_pb2.Example()
+    example.features.feature[key].bytes_list.value.append(value)
+    parts.append(example.SerializeToString())
+  return b"".join(parts)
+
+
 def _fake_dataset(tmp_path, contents):
-  """A stand-in with TFDS's `builder.info.splits[name].filepaths` over files it writes."""
+  """A stand-in with TFDS's `builder.info.splits[name].filepaths` over array_record files
+  it writes: `contents` maps a split to its shards, each a list of examples."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   tmp_path.mkdir()
   splits = {}
   for split, shards in contents.items():
     paths = []
-    for i, data in enumerate(shards):
+    for i, examples in enumerate(shards):
       path = tmp_path / f"{split}-{i}"
-      path.write_bytes(data)
+      writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
+      for example in examples:
+        writer.write(_example(example))
+      writer.close()
       paths.append(path)
     splits[split] = types.SimpleNamespace(filepaths=paths)
   info = types.SimpleNamespace(splits=splits)
   return types.SimpleNamespace(name="fake/x", builder=types.SimpleNamespace(info=info))
 
 
-def test_data_hash_changes_with_any_byte_and_any_split_name(tmp_path):
-  base = {"train": [b"abc", b"def"], "test": [b"ghi"]}
+A, B, C = ([("inputs", b"ab"), ("targets", b"AH B")], [("inputs", b"cd"), ("targets", b"S IY")],
+           [("inputs", b"ef"), ("targets", b"EH F")])
+
+
+def test_data_hash_changes_with_any_record_its_order_and_any_split_name(tmp_path):
+  base = {"train": [[A, B]], "test": [[C]]}
   first = provenance.data_hash(_fake_dataset(tmp_path / "a", base))
   assert provenance.data_hash(_fake_dataset(tmp_path / "b", base)) == first
-  for i, changed in enumerate(({"train": [b"abc", b"deF"], "test": [b"ghi"]},
-                               {"train": [b"abc", b"def"], "dev": [b"ghi"]},
-                               {"train": [b"abcdef"], "test": [b"ghi"]})):
+  changed_c = [("inputs", b"ef"), ("targets", b"EH V")]
+  for i, changed in enumerate(({"train": [[A, B]], "test": [[changed_c]]},
+                               {"train": [[B, A]], "test": [[C]]},
+                               {"train": [[A, B]], "dev": [[C]]},
+                               {"train": [[A], [B]], "test": [[C]]},
+                               {"train": [[A, B, B]], "test": [[C]]})):
     assert provenance.data_hash(_fake_dataset(tmp_path / f"c{i}", changed)) != first, changed
   assert provenance.data_hash(types.SimpleNamespace(name="generated")) is None
 
 
+def test_data_hash_ignores_the_order_features_were_serialised_in(tmp_path):
+  swapped = [list(reversed(example)) for example in (A, B)]
+  first = _fake_dataset(tmp_path / "a", {"train": [[A, B]]})
+  second = _fake_dataset(tmp_path / "b", {"train": [swapped]})
+  files = [d.builder.info.splits["train"].filepaths[0] for d in (first, second)]
+  assert files[0].read_bytes() != files[1].read_bytes()  # what two TFDS builds can differ in
+  assert provenance.data_hash(first) == provenance.data_hash(second)
+
+
 def test_mismatches_name_the_field_and_the_rows():
   same = {"versions": {"jax": "0.10.2"}, "platform": "cpu", "device_kind": "cpu",
-          "data": {"sha256": "aa"}}
+          "data": {"records_sha256": "aa"}}
   assert provenance.mismatches({"a": same, "b": dict(same)}) == []
-  other = {**same, "versions": {"jax": "0.10.1"}, "data": {"sha256": "bb"}}
+  other = {**same, "versions": {"jax": "0.10.1"}, "data": {"records_sha256": "bb"}}
   assert provenance.mismatches({"a": same, "b": dict(same), "c": other, "d": None}) == [
       "no provenance recorded for: d",
       "rows differ in jax version: 0.10.2 (a, b); 0.10.1 (c)",
       "rows differ in data hash: aa (a, b); bb (c)"]
+
+
+def test_mismatches_skip_the_old_file_hash_that_two_builds_disagree_on():
+  old = {"versions": {"jax": "0.10.2"}, "platform": "cpu", "device_kind": "cpu",
+         "data": {"sha256": "aa"}}
+  new = {**old, "data": {"records_sha256": "cc"}}
+  assert provenance.mismatches({"a": old, "b": {**old, "data": {"sha256": "bb"}}, "c": new}) == []
 
 
 def test_set_deterministic_adds_the_flag_once(monkeypatch):
@@ -98,7 +140,8 @@ def test_a_run_records_its_provenance(run, shared_data_dir):
   assert isinstance(recorded["git"]["dirty"], bool)
   from attention_jax import data  # pylint: disable=g-import-not-at-top
   dataset = data.registry.get_dataset("algorithmic/copy", data_dir=shared_data_dir)
-  assert recorded["data"] == {"name": dataset.name, "sha256": provenance.data_hash(dataset)}
+  assert recorded["data"] == {"name": dataset.name,
+                              "records_sha256": provenance.data_hash(dataset)}
 
 
 def _events(directory):
