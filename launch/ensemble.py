@@ -280,6 +280,7 @@ def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: s
   start, start_cpu = time.time(), time.process_time()
   config = configs[0]
   dataset = data.from_config(config.data)
+  prov = provenance.collect(dataset)  # reads every record: damage stops it before decoding
   task, params = _task_and_params(configs, dataset, dirs, found, combine, say)
   evals = _evaluators(config, names, task, workdir, changes or {})
   runs = [_member_result(d) for d in dict.fromkeys(dirs)]  # a run's training counts once
@@ -300,7 +301,7 @@ def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: s
                 num_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
                 eval_wall_s=time.time() - start,
                 wall_time_s=sum(r.get("wall_time_s", 0.0) for r in runs) + time.time() - start,
-                seed=None, provenance=provenance.collect(dataset))
+                seed=None, provenance=prov)
   cpu = [r.get("cpu_time_s") for r in runs]
   if None not in cpu:  # else a member trained before CPU time was recorded: no total
     result["cpu_time_s"] = sum(cpu) + time.process_time() - start_cpu
@@ -352,7 +353,7 @@ def main(argv=None) -> int:
   host_memory.keep_freed_memory()
   try:
     run(args)
-  except (EnsembleError, lock.LockError, ValueError) as e:
+  except (EnsembleError, data.DataError, lock.LockError, ValueError) as e:
     print(f"launch.ensemble: {e}", file=sys.stderr)
     return 2
   return 0

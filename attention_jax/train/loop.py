@@ -62,17 +62,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
   task = tasks.build_task(config, open_data(config))
   validate.check_with_data(config, task)
   config_json = config.to_json_best_effort(sort_keys=True)
+  is_main = jax.process_index() == 0
+  # Reads every record (the data hash): a damaged shard stops the run before any write.
+  prov = provenance.collect(task.dataset) if is_main else None
   # Process 0 of a run holds the lock for all of its processes (they share the workdir).
   try:
-    with lock.hold(workdir, enabled=jax.process_index() == 0):
-      return _run(config, workdir, task, config_json, start)
+    with lock.hold(workdir, enabled=is_main):
+      return _run(config, workdir, task, config_json, start, prov)
   except lock.LockError as e:
     raise ConfigError(str(e)) from None
 
 
-def _run(config, workdir: str, task, config_json: str, start: tuple[float, float]) -> dict:
+def _run(config, workdir: str, task, config_json: str, start: tuple[float, float],
+         prov: dict | None) -> dict:
   is_main = jax.process_index() == 0
-  prov = provenance.collect(task.dataset) if is_main else None
   try:
     history_lib.prepare_workdir(workdir, config_json, write=is_main, provenance=prov)
   except history_lib.WorkdirError as e:

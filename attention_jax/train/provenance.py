@@ -45,7 +45,8 @@ def git_state() -> dict[str, object]:
 
 def data_hash(dataset) -> str | None:
   """sha256 over every split's records (split and shard names, then each record in file
-  order); None for a data set without files (one generated in memory). A record counts by
+  order); None for a data set without files (one generated in memory). Reading every record,
+  it finds a damaged shard before a run writes anything (DamagedDataError). A record counts by
   its content: TFDS serialises an example's features in no fixed order, so the same data
   prepared twice differs in its bytes (checked: the standard CMUdict split's files differ
   between two builds, their decoded examples do not)."""
@@ -54,10 +55,17 @@ def data_hash(dataset) -> str | None:
     return None
   digest = hashlib.sha256()
   for split_name, split in sorted(builder.info.splits.items()):
-    for path in split.filepaths:
-      digest.update(f"{split_name}/{os.path.basename(os.fspath(path))}\0".encode())
-      for record in _canonical_records(os.fspath(path)):
-        digest.update(hashlib.sha256(record).digest())
+    for path in map(os.fspath, split.filepaths):
+      digest.update(f"{split_name}/{os.path.basename(path)}\0".encode())
+      try:
+        for record in _canonical_records(path):
+          digest.update(hashlib.sha256(record).digest())
+      except (RuntimeError, OSError) as e:  # array_record's error names no file
+        # Here, not at the top: launch.report imports this module and not the data package.
+        from attention_jax.data import errors  # pylint: disable=g-import-not-at-top
+        fix = getattr(dataset, "fix", "rebuild the data set")
+        raise errors.DamagedDataError(f"{path} is damaged ({errors.first_line(e)}); "
+                                      f"{fix}") from None
   return digest.hexdigest()
 
 

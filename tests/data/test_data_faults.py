@@ -43,9 +43,16 @@ def data_copy(built, tmp_path):
   return root, os.path.join(root, "algorithmic", "copy", "1.0.0")
 
 
-def run_cli(data_dir: str, workdir: str, *flags: str) -> tuple[int, str]:
+# The CLI as if the data were damaged after the run read it whole for its data hash.
+CLI_DAMAGED_LATER = [sys.executable, "-c",
+                     "import runpy; from attention_jax.train import provenance; "
+                     "provenance.data_hash = lambda dataset: 'read before the damage'; "
+                     "runpy.run_module('attention_jax.main', run_name='__main__')", *CLI[3:]]
+
+
+def run_cli(data_dir: str, workdir: str, *flags: str, cli=CLI) -> tuple[int, str]:
   env = dict(os.environ, ATTENTION_JAX_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
-  done = subprocess.run(CLI + [f"--workdir={workdir}", *flags], cwd=REPO, env=env,
+  done = subprocess.run(cli + [f"--workdir={workdir}", *flags], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300, check=False)
   return done.returncode, done.stderr
 
@@ -199,18 +206,35 @@ def test_damage_inside_a_shard_names_it_when_read(data_copy):
   assert dataset.source("dev").getitems([0, 999])  # other splits still read
 
 
-def test_cli_damage_found_while_training_keeps_the_checkpoints(data_copy, tmp_path):
-  """Found only when training reads the damaged records: the run stops with one line that
-  names the shard, the fix and the checkpoint to resume from; exit code 2 as for any data
-  fault, but the workdir (already written) is kept."""
-  root, version_dir = data_copy
-  shard = os.path.join(version_dir, SHARD)
+def damage_middle_third(shard: str) -> None:
   size = os.path.getsize(shard)
   with open(shard, "r+b") as f:  # the middle third: shuffled reads reach it within steps
     f.seek(size // 3)
     f.write(b"\xff" * (size // 3))
+
+
+def test_cli_damage_inside_a_shard_is_found_before_anything_is_written(data_copy, tmp_path):
+  """The run's data hash reads every record: a shard damaged inside (footer intact) stops
+  the run with one line naming it, before the workdir exists."""
+  root, version_dir = data_copy
+  shard = os.path.join(version_dir, SHARD)
+  damage_middle_third(shard)
   workdir = str(tmp_path / "run")
-  rc, stderr = run_cli(root, workdir, "--config.train.steps=200", "--config.train.checkpoint_every=1")
+  assert_one_line(*run_cli(root, workdir), workdir, f"{shard} is damaged (RuntimeError: ",
+                  force_hint(root))
+
+
+def test_cli_damage_found_while_training_keeps_the_checkpoints(data_copy, tmp_path):
+  """Damage after the run's start (here: after its data hash, which is stubbed to have read
+  the data intact), found when training reads the damaged records: the run stops with one
+  line that names the shard, the fix and the checkpoint to resume from; exit code 2 as for
+  any data fault, but the workdir (already written) is kept."""
+  root, version_dir = data_copy
+  shard = os.path.join(version_dir, SHARD)
+  damage_middle_third(shard)
+  workdir = str(tmp_path / "run")
+  rc, stderr = run_cli(root, workdir, "--config.train.steps=200",
+                       "--config.train.checkpoint_every=1", cli=CLI_DAMAGED_LATER)
   errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
   assert rc == 2 and "Traceback" not in stderr, stderr[-3000:]
   assert len(errors) == 1 and errors[0].startswith(f"error: {shard} is damaged"), errors
