@@ -275,12 +275,12 @@ def _task_and_params(configs: list, dataset, dirs: list[str], found, combine: st
 
 
 def evaluate(configs: list, dirs: list[str], names: list[str], found, workdir: str,
-             say, combine: str = "probs", changes: dict | None = None) -> dict:
-  """Builds the ensemble, runs its evaluators and returns result.json's contents."""
+             say, dataset, prov: dict, combine: str = "probs",
+             changes: dict | None = None) -> dict:
+  """Builds the ensemble on `dataset`, runs its evaluators and returns result.json's
+  contents (`prov`: the data set's provenance, collected before anything was written)."""
   start, start_cpu = time.time(), time.process_time()
   config = configs[0]
-  dataset = data.from_config(config.data)
-  prov = provenance.collect(dataset)  # reads every record: damage stops it before decoding
   task, params = _task_and_params(configs, dataset, dirs, found, combine, say)
   evals = _evaluators(config, names, task, workdir, changes or {})
   runs = [_member_result(d) for d in dict.fromkeys(dirs)]  # a run's training counts once
@@ -312,6 +312,8 @@ def run(args) -> dict:
   """Checks, then evaluates the ensemble into its workdir and registers it in the root."""
   workdir, dirs, configs, names, whiches, found, changes = check(args)
   config = configs[0]
+  dataset = data.from_config(config.data)
+  prov = provenance.collect(dataset)  # reads every record: damage stops it before any write
   os.makedirs(workdir, exist_ok=True)
   with lock.hold(workdir, what="ensemble workdir"), \
        open(os.path.join(workdir, "log.txt"), "a") as log:
@@ -335,7 +337,8 @@ def run(args) -> dict:
                                          "models": "+".join(c.model.name for c in configs),
                                          **changes})
     try:
-      result = evaluate(configs, dirs, names, found, workdir, say, args.combine, changes)
+      result = evaluate(configs, dirs, names, found, workdir, say, dataset, prov,
+                        args.combine, changes)
     except BaseException as e:
       status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
       manifest_lib.register_run(workdir, CONFIG, SWEEP, status=status)

@@ -480,7 +480,7 @@ def test_one_run_redecoded_by_beam_search_and_on_train(data_dir, rnn, tmp_path, 
 def test_ensemble_on_a_damaged_shard_stops_before_decoding(data_dir, rnn, tmp_path,
                                                            monkeypatch, capsys):
   """The run's data hash reads every record first: a train shard damaged inside stops an
-  ensemble that decodes only dev, with one line naming the shard, and no result."""
+  ensemble that decodes only dev, with one line naming the shard, before any write."""
   copy = tmp_path / "data"
   shutil.copytree(os.path.join(data_dir, "algorithmic", "copy"), copy / "algorithmic" / "copy")
   shard = copy / "algorithmic" / "copy" / "1.0.0" / "algorithmic-train.array_record-00000-of-00001"
@@ -494,7 +494,7 @@ def test_ensemble_on_a_damaged_shard_stops_before_decoding(data_dir, rnn, tmp_pa
   err = capsys.readouterr().err.strip().splitlines()
   assert err[-1].startswith(f"launch.ensemble: {shard} is damaged (RuntimeError: "), err[-1]
   assert not any(line.startswith("eval ") for line in err), err  # nothing decoded
-  assert not (out / "result.json").exists()
+  assert not out.exists()
 
 
 def test_ensemble_refuses_members_that_differ_or_lack_the_checkpoint(data_dir, rnn, tmp_path,
