@@ -29,3 +29,8 @@ class DamagedDataError(DataError):
 
   The message names the file and the command that rebuilds the data set.
   """
+
+
+def damaged(path, error: BaseException, fix: str) -> DamagedDataError:
+  """The error for a file that failed to read: `<path> is damaged (<error>); <fix>`."""
+  return DamagedDataError(f"{path} is damaged ({first_line(error)}); {fix}")

@@ -26,7 +26,7 @@ import tempfile
 
 from array_record.python import array_record_module
 
-from attention_jax.data.errors import DamagedDataError, DataError, first_line
+from attention_jax.data.errors import DamagedDataError, DataError, damaged, first_line
 
 INFO_FILES = ("dataset_info.json", "metadata.json")  # the JSON files TFDS reads when opening
 
@@ -71,7 +71,7 @@ def check_info_files(version_dir: str, hint: str) -> None:
       with open(path, encoding="utf-8") as f:
         json.load(f)
     except (OSError, ValueError) as e:
-      raise DamagedDataError(f"{path} is damaged ({first_line(e)}); {hint}") from None
+      raise damaged(path, e, hint) from None
 
 
 def check_shards(builder, hint: str) -> None:

@@ -35,7 +35,8 @@ from attention_jax.data.cmudict_g2p import CmudictG2p
 from attention_jax.data.digit_builders import DigitScenes, DigitStrings
 from attention_jax.data.digit_builders import check_source as check_digit_source
 from attention_jax.data.digit_images import image_features, read_image
-from attention_jax.data.errors import DamagedDataError, DataError, MissingDataError, first_line
+from attention_jax.data.errors import (DamagedDataError, DataError, MissingDataError, damaged,
+                                       first_line)
 from attention_jax.data.fortunes import Fortunes, find_fortune_files
 from attention_jax.data.freedict import FreedictDeuEng, find_source_file
 from attention_jax.data.spoken_digits import SpokenDigits, check_source as check_recordings
@@ -379,8 +380,7 @@ class RecordSource:
     try:
       return read(indices)
     except (RuntimeError, OSError) as e:
-      raise DamagedDataError(f"{self._damaged_shard(indices)} is damaged ({first_line(e)}); "
-                             f"{self._fix}") from None
+      raise damaged(self._damaged_shard(indices), e, self._fix) from None
 
   def _read_all(self) -> list[bytes]:
     with self._lock:

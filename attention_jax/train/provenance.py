@@ -63,9 +63,7 @@ def data_hash(dataset) -> str | None:
       except (RuntimeError, OSError) as e:  # array_record's error names no file
         # Here, not at the top: launch.report imports this module and not the data package.
         from attention_jax.data import errors  # pylint: disable=g-import-not-at-top
-        fix = getattr(dataset, "fix", "rebuild the data set")
-        raise errors.DamagedDataError(f"{path} is damaged ({errors.first_line(e)}); "
-                                      f"{fix}") from None
+        raise errors.damaged(path, e, getattr(dataset, "fix", "rebuild the data set")) from None
   return digest.hexdigest()
 
 
